@@ -1,0 +1,174 @@
+"""Multiresolution hash-grid encoding (instant-ngp) as Taichi building blocks and batch kernels.
+
+Table layout: one array of shape (spec.n_params, spec.n_features); level l
+occupies rows [level_offsets[l], level_offsets[l] + level_sizes[l]).
+Positions are in [0, 1]^3 (clamped inside the building blocks so that any
+caller stays in bounds). Output: (N, n_levels * n_features), level-major.
+"""
+
+import functools
+
+import taichi as ti
+
+from .specs import HASH_PRIMES, HashGridSpec
+
+_P1_LO, _P1_HI = HASH_PRIMES[1] & 0xFFFF, HASH_PRIMES[1] >> 16
+_P2_LO, _P2_HI = HASH_PRIMES[2] & 0xFFFF, HASH_PRIMES[2] >> 16
+
+
+@ti.func
+def mul_mod_pow2(a: ti.u32, p_lo: ti.u32, p_hi: ti.u32, mask: ti.u32) -> ti.u32:
+    """(a * (p_hi * 2^16 + p_lo)) mod 2^k for mask = 2^k - 1, a < 2^16, k <= 24.
+
+    The spatial hash wants u32 wrap-around; computing only the low k bits from
+    16-bit halves never overflows, so Taichi's debug mode stays quiet.
+    """
+    lo = (a * p_lo) & mask
+    hi = ((a * p_hi) & (mask >> 16)) << 16
+    return (lo + hi) & mask
+
+
+@ti.func
+def grid_index(x: ti.u32, y: ti.u32, z: ti.u32, res: ti.template(), size: ti.template(),
+               dense: ti.template()) -> ti.i32:
+    """Row (within a level) of grid vertex (x, y, z): dense stride or spatial hash."""
+    idx = ti.u32(0)
+    if ti.static(dense):
+        idx = x + y * ti.u32(res + 1) + z * ti.u32((res + 1) * (res + 1))
+    else:
+        mask = ti.u32(size - 1)
+        idx = (x & mask) ^ mul_mod_pow2(y, _P1_LO, _P1_HI, mask) ^ mul_mod_pow2(z, _P2_LO, _P2_HI, mask)
+    return ti.cast(idx, ti.i32)
+
+
+def make_level_lookup(spec: HashGridSpec):
+    """A @ti.func (table, p: vec3 in [0,1], l: static int) -> ti.Vector of n_features."""
+    F = spec.n_features
+    resolutions, offsets, sizes, dense = (spec.resolutions, spec.level_offsets,
+                                          spec.level_sizes, spec.dense)
+
+    @ti.func
+    def level_lookup(table: ti.template(), p, l: ti.template()):
+        res = ti.static(resolutions[l])
+        q = ti.math.clamp(p, 0.0, 1.0) * res
+        cell = ti.min(ti.cast(ti.floor(q), ti.i32), res - 1)
+        frac = q - ti.cast(cell, ti.f32)
+        feat = ti.Vector.zero(ti.f32, F)
+        for c in ti.static(range(8)):
+            cx, cy, cz = ti.static(c & 1, (c >> 1) & 1, (c >> 2) & 1)
+            w = ((frac[0] if cx else 1.0 - frac[0])
+                 * (frac[1] if cy else 1.0 - frac[1])
+                 * (frac[2] if cz else 1.0 - frac[2]))
+            row = ti.static(offsets[l]) + grid_index(
+                ti.cast(cell[0] + cx, ti.u32), ti.cast(cell[1] + cy, ti.u32),
+                ti.cast(cell[2] + cz, ti.u32), res, ti.static(sizes[l]), ti.static(dense[l]))
+            for f in ti.static(range(F)):
+                feat[f] += w * table[row, f]
+        return feat
+
+    return level_lookup
+
+
+class HashGridKernels:
+    """Compiled hash-grid kernels for one spec (get them with :func:`hash_grid_kernels`).
+
+    - ``forward(pos (N,3), table (P,F), out (N,L*F))``: plain forward, any arch.
+    - ``forward_ad`` / ``forward_ad_pos``: same body with ``needs_grad`` annotations,
+      for ``kernel.grad`` on cpu/cuda (table grad; table and position grads).
+    - ``vjp_field(pos, grad_out, table_field, loss_field)``: loss = sum(grad_out * enc);
+      its ``.grad`` gives the table gradient through field autodiff (Vulkan/Metal).
+    """
+
+    def __init__(self, spec: HashGridSpec):
+        self.spec = spec
+        L, F = spec.n_levels, spec.n_features
+        self.lookup = lookup = make_level_lookup(spec)
+
+        @ti.func
+        def encode_point(pos: ti.template(), table: ti.template(), out: ti.template(), i):
+            p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
+            for l in ti.static(range(L)):
+                feat = lookup(table, p, l)
+                for f in ti.static(range(F)):
+                    out[i, l * F + f] = feat[f]
+
+        @ti.kernel
+        def forward(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    table: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+            for i in range(pos.shape[0]):
+                encode_point(pos, table, out, i)
+
+        @ti.kernel
+        def forward_ad(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                       table: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True),
+                       out: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True)):
+            for i in range(pos.shape[0]):
+                encode_point(pos, table, out, i)
+
+        @ti.kernel
+        def forward_ad_pos(pos: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True),
+                           table: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True),
+                           out: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True)):
+            for i in range(pos.shape[0]):
+                encode_point(pos, table, out, i)
+
+        @ti.kernel
+        def vjp_field(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                      grad_out: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                      table: ti.template(), loss: ti.template()):
+            for i in range(pos.shape[0]):
+                p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
+                s = 0.0
+                for l in ti.static(range(L)):
+                    feat = lookup(table, p, l)
+                    for f in ti.static(range(F)):
+                        s += grad_out[i, l * F + f] * feat[f]
+                loss[None] += s
+
+        self.encode_point = encode_point
+        self.forward = forward
+        self.forward_ad = forward_ad
+        self.forward_ad_pos = forward_ad_pos
+        self.vjp_field = vjp_field
+
+
+@functools.lru_cache(maxsize=None)
+def hash_grid_kernels(spec: HashGridSpec) -> HashGridKernels:
+    """The compiled kernels for `spec` (made once per spec; Taichi recompiles per arch)."""
+    return HashGridKernels(spec)
+
+
+@ti.kernel
+def _copy_in_2d(src: ti.types.ndarray(dtype=ti.f32, ndim=2), dst: ti.template()):
+    for i, j in ti.ndrange(src.shape[0], src.shape[1]):
+        dst[i, j] = src[i, j]
+
+
+@ti.kernel
+def _copy_out_2d(src: ti.template(), dst: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    for i, j in ti.ndrange(dst.shape[0], dst.shape[1]):
+        dst[i, j] = src[i, j]
+
+
+class HashGridFieldGrad:
+    """Table gradient through Taichi *field* autodiff, for archs without ndarray autodiff.
+
+    Holds the table as a ``ti.field(needs_grad=True)``; :meth:`table_grad` copies the
+    current table in, runs the VJP kernel's ``.grad`` and writes d(sum(grad_out*enc))/d(table)
+    into ``grad_table`` (P, F). Create it after ``runtime.init``; it belongs to that runtime.
+    """
+
+    def __init__(self, spec: HashGridSpec):
+        self.spec = spec
+        self.kernels = hash_grid_kernels(spec)
+        self.table = ti.field(ti.f32, shape=(spec.n_params, spec.n_features), needs_grad=True)
+        self.loss = ti.field(ti.f32, shape=(), needs_grad=True)
+
+    def table_grad(self, pos, table, grad_out, grad_table) -> None:
+        """pos (N,3), table (P,F), grad_out (N,L*F) -> grad_table (P,F), all float32 arrays."""
+        _copy_in_2d(table, self.table)
+        self.table.grad.fill(0.0)
+        self.loss.grad[None] = 1.0
+        self.kernels.vjp_field.grad(pos, grad_out, self.table, self.loss)
+        _copy_out_2d(self.table.grad, grad_table)

@@ -1,0 +1,132 @@
+"""Occupancy-grid ray marching with packed output.
+
+Two passes share one stepping rule (:func:`make_march_funcs`): a count pass
+gives each ray's number of samples, the caller turns counts into offsets
+(exclusive prefix sum), and a fill pass writes each ray's samples contiguously
+at its offset. Samples represent intervals [t, t + dt]; the reported t and
+position are at the interval's midpoint.
+"""
+import functools
+
+import taichi as ti
+
+from .occupancy import cascade_of, cell_coords, cell_index, is_occupied
+from .rays import ray_aabb, safe_inv
+from .specs import MarchSpec, OccupancySpec
+
+
+def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
+    """@ti.funcs for one grid/step rule: ``step_size(t)``, ``march_ray(...)``."""
+    C, R = occ.n_cascades, occ.resolution
+    lo, hi = occ.aabb
+    min_step, max_step, cone = march.min_step, march.max_step, march.cone
+    max_samples, near = march.max_samples, march.near
+
+    @ti.func
+    def step_size(t):
+        return ti.math.clamp(t * cone, min_step, max_step)
+
+    @ti.func
+    def cell_exit_t(o, inv_d, p, c, t):
+        """t at which the ray leaves the current cell of cascade c."""
+        size = ti.cast(1 << c, ti.f32)
+        q = ((p - 0.5) / size + 0.5) * R           # position in cell units
+        cell = ti.floor(q)
+        tx = ti.Vector([0.0, 0.0, 0.0])
+        for a in ti.static(range(3)):
+            # next boundary along axis a, back in model space
+            b = cell[a] + (1.0 if inv_d[a] > 0 else 0.0)
+            wb = (b / R - 0.5) * size + 0.5
+            tx[a] = (wb - o[a]) * inv_d[a]
+        return ti.max(ti.min(tx[0], tx[1], tx[2]), t)
+
+    @ti.func
+    def march_ray(o, d, bitfield: ti.template(), write: ti.template(), base,
+                  out_t: ti.template(), out_dt: ti.template(), out_pos: ti.template(),
+                  out_dir: ti.template()) -> ti.i32:
+        """March one ray; if `write`, store samples at rows base.. of the outputs; returns count."""
+        box_lo = ti.Vector([lo[0], lo[1], lo[2]])
+        box_hi = ti.Vector([hi[0], hi[1], hi[2]])
+        t_near, t_far = ray_aabb(o, d, box_lo, box_hi)
+        t = ti.max(t_near, near)
+        inv_d = safe_inv(d)
+        n = 0
+        while n < max_samples:
+            dt = step_size(t)
+            if t + 0.5 * dt >= t_far:
+                break
+            p = o + (t + 0.5 * dt) * d
+            c = ti.max(cascade_of(p, C), 0)
+            # a step larger than this cascade's cell uses the coarser cascade
+            while c < C - 1 and dt * R > ti.cast(1 << c, ti.f32):
+                c += 1
+            idx = cell_index(c, cell_coords(p, c, R), R)
+            if is_occupied(bitfield, idx):
+                if ti.static(write):
+                    row = base + n
+                    out_t[row] = t + 0.5 * dt
+                    out_dt[row] = dt
+                    for a in ti.static(range(3)):
+                        out_pos[row, a] = p[a]
+                        out_dir[row, a] = d[a]
+                n += 1
+                t += dt
+            else:
+                # skip the empty cell in whole steps, so samples stay on the step lattice
+                t_exit = cell_exit_t(o, inv_d, p, c, t)
+                n_steps = ti.max(ti.ceil((t_exit - t) / dt), 1.0)
+                t += n_steps * dt
+        return n
+
+    return step_size, march_ray
+
+
+class MarchKernels:
+    """Compiled marching kernels for one occupancy spec and step rule.
+
+    - ``count(rays_o (R,3), rays_d (R,3), bitfield (W,) i32, counts (R,) i32)``
+    - ``fill(rays_o, rays_d, bitfield, offsets (R,) i32, t (M,), dt (M,), pos (M,3), dir (M,3),
+      ray_index (M,) i32)``
+    """
+
+    def __init__(self, occ: OccupancySpec, march: MarchSpec):
+        self.occ, self.march = occ, march
+        self.step_size, march_ray = make_march_funcs(occ, march)
+        self.march_ray = march_ray
+
+        @ti.kernel
+        def count(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                  counts: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+            for r in range(rays_o.shape[0]):
+                o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
+                d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
+                counts[r] = march_ray(o, d, bitfield, False, 0, counts, counts, counts, counts)
+
+        @ti.kernel
+        def fill(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                 offsets: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                 out_t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                 out_dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                 out_pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 out_dir: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 ray_index: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+            for r in range(rays_o.shape[0]):
+                o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
+                d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
+                base = offsets[r]
+                n = march_ray(o, d, bitfield, True, base, out_t, out_dt, out_pos, out_dir)
+                for k in range(n):
+                    ray_index[base + k] = r
+
+        self.count = count
+        self.fill = fill
+
+
+@functools.lru_cache(maxsize=None)
+def march_kernels(occ: OccupancySpec, march: MarchSpec) -> MarchKernels:
+    """The compiled marching kernels for this grid and step rule."""
+    return MarchKernels(occ, march)

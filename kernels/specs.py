@@ -1,0 +1,147 @@
+"""Small spec dataclasses shared by the Taichi kernels and the torch side."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Tuple
+
+# instant-ngp's spatial-hash primes (the first is 1: x enters unscrambled).
+HASH_PRIMES = (1, 2654435761, 805459861)
+MAX_LOG2_TABLE = 24
+MAX_RESOLUTION = 1 << 15  # the hash multiply splits coordinates into 16 bits
+
+
+@dataclasses.dataclass(frozen=True)
+class HashGridSpec:
+    """Multiresolution hash grid: L levels x F features, 2^log2_table rows per hashed level."""
+
+    n_levels: int = 16
+    n_features: int = 2
+    log2_table: int = 19
+    base_resolution: int = 16
+    finest_resolution: int = 2048
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_levels <= 32:
+            raise ValueError(f"n_levels must be in [1, 32], got {self.n_levels}")
+        if self.n_features not in (1, 2, 4, 8):
+            raise ValueError(f"n_features must be 1, 2, 4 or 8, got {self.n_features}")
+        if not 4 <= self.log2_table <= MAX_LOG2_TABLE:
+            raise ValueError(f"log2_table must be in [4, {MAX_LOG2_TABLE}], got {self.log2_table}")
+        if not 1 <= self.base_resolution <= self.finest_resolution <= MAX_RESOLUTION:
+            raise ValueError("need 1 <= base_resolution <= finest_resolution <= "
+                             f"{MAX_RESOLUTION}, got {self.base_resolution}, "
+                             f"{self.finest_resolution}")
+
+    @property
+    def table_size(self) -> int:
+        """Rows of a hashed level's table (2^log2_table)."""
+        return 1 << self.log2_table
+
+    @property
+    def per_level_scale(self) -> float:
+        """Geometric growth factor of the resolution from one level to the next."""
+        if self.n_levels == 1:
+            return 1.0
+        return math.exp(math.log(self.finest_resolution / self.base_resolution)
+                        / (self.n_levels - 1))
+
+    @property
+    def resolutions(self) -> Tuple[int, ...]:
+        """Cells per side at each level (grid vertices per side = resolution + 1)."""
+        b = self.per_level_scale
+        # The epsilon keeps exact powers (e.g. the finest level) from flooring down.
+        return tuple(int(math.floor(self.base_resolution * b ** l + 1e-6))
+                     for l in range(self.n_levels))
+
+    @property
+    def dense(self) -> Tuple[bool, ...]:
+        """Per level: True where every grid vertex gets its own row (no hashing)."""
+        return tuple((r + 1) ** 3 <= self.table_size for r in self.resolutions)
+
+    @property
+    def level_sizes(self) -> Tuple[int, ...]:
+        """Rows used by each level: (res+1)^3 rounded up to 8 when dense, else 2^log2_table."""
+        return tuple(((r + 1) ** 3 + 7) // 8 * 8 if d else self.table_size
+                     for r, d in zip(self.resolutions, self.dense))
+
+    @property
+    def level_offsets(self) -> Tuple[int, ...]:
+        """First table row of each level."""
+        offs, acc = [], 0
+        for s in self.level_sizes:
+            offs.append(acc)
+            acc += s
+        return tuple(offs)
+
+    @property
+    def n_params(self) -> int:
+        """Rows of the whole table (all levels); the table is (n_params, n_features)."""
+        return sum(self.level_sizes)
+
+    @property
+    def out_dim(self) -> int:
+        """Features per encoded point: n_levels * n_features."""
+        return self.n_levels * self.n_features
+
+
+@dataclasses.dataclass(frozen=True)
+class OccupancySpec:
+    """Occupancy grid: `n_cascades` grids of resolution^3 cells, cascade c spans 2^c around 0.5."""
+
+    n_cascades: int = 1
+    resolution: int = 128
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_cascades <= 8:
+            raise ValueError(f"n_cascades must be in [1, 8], got {self.n_cascades}")
+        if self.resolution < 2 or self.resolution % 4 or self.resolution > 512:
+            raise ValueError(f"resolution must be a multiple of 4 in [4, 512], got {self.resolution}")
+
+    @property
+    def cells_per_cascade(self) -> int:
+        """resolution^3."""
+        return self.resolution ** 3
+
+    @property
+    def n_cells(self) -> int:
+        """Cells over all cascades."""
+        return self.n_cascades * self.cells_per_cascade
+
+    @property
+    def n_words(self) -> int:
+        """32-bit words of the packed bitfield."""
+        return (self.n_cells + 31) // 32
+
+    @property
+    def aabb(self) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
+        """Box of the outermost cascade in model space: ([lo]*3, [hi]*3)."""
+        h = 0.5 * 2.0 ** (self.n_cascades - 1)
+        return (0.5 - h,) * 3, (0.5 + h,) * 3
+
+
+@dataclasses.dataclass(frozen=True)
+class MarchSpec:
+    """Ray-marching step rule: fixed min step, cone step t*cone clamped to [min, max]."""
+
+    min_step: float = math.sqrt(3.0) / 1024.0
+    cone: float = 0.0            # dt = t * cone; 1/256 for scenes larger than the unit box
+    max_step: float = 1.0 / 128  # at most one cell of the outermost cascade
+    max_samples: int = 1024
+    near: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_step <= self.max_step:
+            raise ValueError(f"need 0 < min_step <= max_step, got {self.min_step}, {self.max_step}")
+        if self.cone < 0:
+            raise ValueError(f"cone must be >= 0, got {self.cone}")
+        if self.max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {self.max_samples}")
+
+    @staticmethod
+    def for_occupancy(occ: OccupancySpec, max_samples: int = 1024, near: float = 0.0) -> "MarchSpec":
+        """instant-ngp's rule: fixed step in the unit box, cone step 1/256 when cascades > 1."""
+        cone = 0.0 if occ.n_cascades == 1 else 1.0 / 256.0
+        max_step = 2.0 ** (occ.n_cascades - 1) / occ.resolution * math.sqrt(3.0)
+        return MarchSpec(min_step=math.sqrt(3.0) / 1024.0, cone=cone, max_step=max_step,
+                         max_samples=max_samples, near=near)

@@ -1,0 +1,278 @@
+"""torch.autograd.Function wrappers around the Taichi kernels (shared buffers, no copies).
+
+Torch tensors go straight into the kernels: where Taichi's arch and the
+tensor's device agree (cpu/cpu, cuda/cuda) the kernel reads and writes the
+tensor's own memory. Backward runs the kernels' Taichi autodiff (``kernel.grad``)
+on cpu/cuda; on vulkan/metal, where Taichi 1.7.4 cannot differentiate ndarray
+kernels, the hash grid uses field autodiff and compositing a hand-written
+backward kernel (both tested against the autodiff gradients).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import torch
+
+from taichi_nerf import runtime
+from taichi_nerf.kernels import composite as composite_k
+from taichi_nerf.kernels.hash_grid import HashGridFieldGrad, hash_grid_kernels
+from taichi_nerf.kernels.march import march_kernels
+from taichi_nerf.kernels.rays import ray_aabb_kernel
+from taichi_nerf.kernels.sh import sh_kernels
+from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
+
+# "auto": Taichi autodiff where it works (cpu/cuda), the hand-written kernel elsewhere.
+COMPOSITE_BACKWARD = ("auto", "autodiff", "manual")
+
+
+def check_tensor(x: torch.Tensor, name: str, shape: Tuple[Optional[int], ...],
+                 dtype: torch.dtype = torch.float32) -> None:
+    """Raise ValueError unless x is a contiguous tensor of `dtype` whose shape matches (None = any)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype}, got {x.dtype}")
+    if x.dim() != len(shape) or any(s is not None and s != xs for s, xs in zip(shape, x.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous; call .contiguous() first")
+
+
+def _same_device(*tensors: torch.Tensor) -> None:
+    devs = {t.device for t in tensors}
+    if len(devs) > 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devs))}")
+
+
+def _with_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A detached alias of x whose .grad is `grad`, the form Taichi's ndarray autodiff reads."""
+    d = x.detach()
+    d.grad = grad
+    return d
+
+
+# ---------------------------------------------------------------- hash grid
+_field_grads: dict = {}
+
+
+def _field_grad(spec: HashGridSpec) -> HashGridFieldGrad:
+    gen = runtime.current().generation
+    key = (spec, gen)
+    if key not in _field_grads:
+        _field_grads.clear()  # fields of an earlier runtime are invalid
+        _field_grads[key] = HashGridFieldGrad(spec)
+    return _field_grads[key]
+
+
+class _HashEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pos, table, spec):
+        k = hash_grid_kernels(spec)
+        out = torch.empty(pos.shape[0], spec.out_dim, dtype=torch.float32, device=pos.device)
+        k.forward(pos.detach(), table.detach(), out)
+        ctx.spec = spec
+        ctx.save_for_backward(pos, table)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        pos, table = ctx.saved_tensors
+        spec = ctx.spec
+        grad_out = grad_out.contiguous()
+        want_pos = ctx.needs_input_grad[0]
+        g_table = torch.zeros_like(table)
+        g_pos = torch.zeros_like(pos) if want_pos else None
+        if runtime.current().ndarray_autodiff:
+            k = hash_grid_kernels(spec)
+            out = torch.empty_like(grad_out)
+            # the grad kernel consumes (zeroes) out.grad: hand it a copy
+            args = (_with_grad(pos, g_pos) if want_pos else pos.detach(),
+                    _with_grad(table, g_table), _with_grad(out, grad_out.clone()))
+            (k.forward_ad_pos if want_pos else k.forward_ad).grad(*args)
+        else:
+            if want_pos:
+                raise NotImplementedError(
+                    f"hash-grid gradients with respect to positions need ndarray autodiff, "
+                    f"which Taichi 1.7.4 offers on cpu and cuda only (arch is "
+                    f"{runtime.current().arch})")
+            _field_grad(spec).table_grad(pos.detach(), table.detach(), grad_out, g_table)
+        return g_pos, g_table, None
+
+
+def hash_encode(pos: torch.Tensor, table: torch.Tensor, spec: HashGridSpec,
+                check_range: bool = True) -> torch.Tensor:
+    """Hash-grid encode pos (N,3) float32 in [0,1] with table (P,F) -> (N, L*F).
+
+    Differentiable to `table`, and to `pos` on cpu/cuda.
+    """
+    check_tensor(pos, "positions", (None, 3))
+    check_tensor(table, "hash table", (spec.n_params, spec.n_features))
+    _same_device(pos, table)
+    if check_range and pos.numel():
+        lo, hi = torch.aminmax(pos.detach())
+        if lo.item() < 0.0 or hi.item() > 1.0:
+            raise ValueError(f"positions must lie in [0, 1]^3 (got values in "
+                             f"[{lo.item():.4g}, {hi.item():.4g}]); map them into the unit "
+                             f"box first")
+    return _HashEncode.apply(pos, table, spec)
+
+
+class HashGrid(torch.nn.Module):
+    """Multiresolution hash-grid encoder: forward(pos (N,3) in [0,1]) -> (N, L*F)."""
+
+    def __init__(self, spec: HashGridSpec = HashGridSpec(), init_scale: float = 1e-4,
+                 generator: Optional[torch.Generator] = None, device=None):
+        super().__init__()
+        self.spec = spec
+        table = torch.rand(spec.n_params, spec.n_features, generator=generator) * 2 - 1
+        self.table = torch.nn.Parameter((table * init_scale).to(device))
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        """pos (N,3) float32 in [0,1] -> features (N, L*F)."""
+        return hash_encode(pos, self.table, self.spec)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (f"levels={s.n_levels}, features={s.n_features}, log2_table={s.log2_table}, "
+                f"resolution={s.base_resolution}..{s.finest_resolution}")
+
+
+# ---------------------------------------------------------------- SH, AABB
+def sh_encode(dirs: torch.Tensor, degree: int = 4) -> torch.Tensor:
+    """Directions (N,3) float32, unit length -> SH basis (N, degree^2). Not differentiable."""
+    check_tensor(dirs, "directions", (None, 3))
+    k = sh_kernels(degree)
+    out = torch.empty(dirs.shape[0], k.dim, dtype=torch.float32, device=dirs.device)
+    k.encode(dirs.detach(), out)
+    return out
+
+
+def ray_aabb(rays_o: torch.Tensor, rays_d: torch.Tensor, lo, hi) -> Tuple[torch.Tensor, torch.Tensor]:
+    """rays (R,3) float32, box corners (3,) -> t_near, t_far (R,); misses have t_far < t_near."""
+    check_tensor(rays_o, "ray origins", (None, 3))
+    check_tensor(rays_d, "ray directions", (rays_o.shape[0], 3))
+    box = torch.tensor([*lo, *hi], dtype=torch.float32, device=rays_o.device)
+    tn = torch.empty(rays_o.shape[0], dtype=torch.float32, device=rays_o.device)
+    tf = torch.empty_like(tn)
+    ray_aabb_kernel(rays_o, rays_d, box, tn, tf)
+    return tn, tf
+
+
+# ---------------------------------------------------------------- marching
+@dataclasses.dataclass
+class PackedSamples:
+    """Samples of all rays, packed ray by ray.
+
+    t, dt (M,): interval midpoint and length along the ray; positions (M,3)
+    model space; dirs (M,3); ray_index (M,) int32; rays (R,2) int32 = (start, count).
+    """
+
+    t: torch.Tensor
+    dt: torch.Tensor
+    positions: torch.Tensor
+    dirs: torch.Tensor
+    ray_index: torch.Tensor
+    rays: torch.Tensor
+
+    @property
+    def n_samples(self) -> int:
+        """M."""
+        return self.t.shape[0]
+
+
+def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tensor,
+               occ: OccupancySpec, march: MarchSpec) -> PackedSamples:
+    """March rays (R,3) (model space, unit directions) through the occupancy bitfield (W,) int32."""
+    check_tensor(rays_o, "ray origins", (None, 3))
+    check_tensor(rays_d, "ray directions", (rays_o.shape[0], 3))
+    check_tensor(bitfield, "occupancy bitfield", (occ.n_words,), torch.int32)
+    _same_device(rays_o, rays_d, bitfield)
+    k = march_kernels(occ, march)
+    R, dev = rays_o.shape[0], rays_o.device
+    counts = torch.empty(R, dtype=torch.int32, device=dev)
+    k.count(rays_o, rays_d, bitfield, counts)
+    ends = torch.cumsum(counts, 0, dtype=torch.int32)
+    starts = ends - counts
+    M = int(ends[-1].item()) if R else 0
+    t = torch.empty(M, dtype=torch.float32, device=dev)
+    dt = torch.empty(M, dtype=torch.float32, device=dev)
+    pos = torch.empty(M, 3, dtype=torch.float32, device=dev)
+    dirs = torch.empty(M, 3, dtype=torch.float32, device=dev)
+    ray_index = torch.empty(M, dtype=torch.int32, device=dev)
+    if M:
+        k.fill(rays_o, rays_d, bitfield, starts, t, dt, pos, dirs, ray_index)
+    return PackedSamples(t, dt, pos, dirs, ray_index, torch.stack([starts, counts], -1))
+
+
+# ---------------------------------------------------------------- compositing
+class _Composite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sigmas, rgbs, ts, dts, rays, bg, t_threshold, backward):
+        R, dev = rays.shape[0], sigmas.device
+        rgb = torch.empty(R, 3, dtype=torch.float32, device=dev)
+        depth = torch.empty(R, dtype=torch.float32, device=dev)
+        opacity = torch.empty(R, dtype=torch.float32, device=dev)
+        n_used = torch.empty(R, dtype=torch.int32, device=dev)
+        composite_k.composite_forward(sigmas.detach(), rgbs.detach(), ts, dts, rays, bg,
+                                      float(t_threshold), rgb, depth, opacity, n_used)
+        ctx.save_for_backward(sigmas, rgbs, ts, dts, rays, bg, n_used)
+        ctx.backward_mode = backward
+        ctx.mark_non_differentiable(n_used)
+        return rgb, depth, opacity, n_used
+
+    @staticmethod
+    def backward(ctx, g_rgb, g_depth, g_opacity, _g_n):
+        sigmas, rgbs, ts, dts, rays, bg, n_used = ctx.saved_tensors
+        g_rgb = g_rgb.contiguous()
+        g_depth = g_depth.contiguous()
+        g_opacity = g_opacity.contiguous()
+        mode = ctx.backward_mode
+        if mode == "auto":
+            mode = "autodiff" if runtime.current().ndarray_autodiff else "manual"
+        if mode == "autodiff" and not runtime.current().ndarray_autodiff:
+            raise RuntimeError(f"autodiff compositing backward needs arch cpu or cuda, "
+                               f"not {runtime.current().arch}")
+        gs = torch.zeros_like(sigmas)
+        gc = torch.zeros_like(rgbs)
+        if mode == "autodiff":
+            R = rays.shape[0]
+            outs = [torch.empty(R, 3, device=sigmas.device), torch.empty(R, device=sigmas.device),
+                    torch.empty(R, device=sigmas.device)]
+            composite_k.composite_forward_ad.grad(
+                _with_grad(sigmas, gs), _with_grad(rgbs, gc), ts, dts, rays, n_used, bg,
+                _with_grad(outs[0], g_rgb.clone()), _with_grad(outs[1], g_depth.clone()),
+                _with_grad(outs[2], g_opacity.clone()))
+        else:
+            composite_k.composite_backward(sigmas.detach(), rgbs.detach(), ts, dts, rays, n_used,
+                                           bg, g_rgb, g_depth, g_opacity, gs, gc)
+        return gs, gc, None, None, None, None, None, None
+
+
+def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, ts: torch.Tensor, dts: torch.Tensor,
+              rays: torch.Tensor, bg: torch.Tensor, t_threshold: float = 1e-4,
+              backward: str = "auto") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Composite packed samples -> rgb (R,3), depth (R,), opacity (R,), n_used (R,) int32.
+
+    sigmas (M,), rgbs (M,3), ts, dts (M,) float32; rays (R,2) int32 (start, count);
+    bg (R,3). Differentiable to sigmas and rgbs (not to ts, dts or bg).
+    """
+    check_tensor(sigmas, "sigmas", (None,))
+    M = sigmas.shape[0]
+    check_tensor(rgbs, "rgbs", (M, 3))
+    check_tensor(ts, "ts", (M,))
+    check_tensor(dts, "dts", (M,))
+    check_tensor(rays, "rays", (None, 2), torch.int32)
+    check_tensor(bg, "background", (rays.shape[0], 3))
+    _same_device(sigmas, rgbs, ts, dts, rays, bg)
+    if backward not in COMPOSITE_BACKWARD:
+        raise ValueError(f"backward must be one of {COMPOSITE_BACKWARD}, got {backward!r}")
+    if rays.shape[0]:
+        end = (rays[:, 0].long() + rays[:, 1].long()).max().item()
+        if rays.min().item() < 0 or end > M:
+            raise ValueError(f"rays (start, count) must index inside the {M} samples "
+                             f"(largest start+count is {end})")
+        if rays[:, 1].max().item() > runtime.AD_STACK_SIZE and backward != "manual":
+            raise ValueError(f"at most {runtime.AD_STACK_SIZE} samples per ray are supported")
+    return _Composite.apply(sigmas, rgbs, ts, dts, rays, bg, t_threshold, backward)
