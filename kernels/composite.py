@@ -5,7 +5,13 @@ w_i = T_i * alpha_i with T_0 = 1 and T_{i+1} = T_i * (1 - alpha_i). Colour =
 sum w_i rgb_i + (1 - opacity) * background, depth = sum w_i t_i, opacity =
 sum w_i. Early termination: after the sample that brings T below
 `t_threshold` the ray stops; `n_used` records how many samples counted, so the
-differentiable kernels loop over exactly those (no data-dependent break).
+backward kernel visits exactly those.
+
+The backward is written by hand on every arch: Taichi 1.7.4's reverse-mode
+autodiff returns wrong gradients for the loop-carried transmittance of a
+dynamic loop (measured on cpu with both ndarrays and fields: d/dsigma_i misses
+the terms of later samples), so it cannot be used here. The hand-written
+kernel is tested against the float64 torch reference.
 """
 import taichi as ti
 
@@ -58,46 +64,6 @@ def composite_forward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
         n_used[r] = n
 
 
-@ti.func
-def _composite_ray_ad(sigmas: ti.template(), rgbs: ti.template(), ts: ti.template(),
-                      dts: ti.template(), rays: ti.template(), n_used: ti.template(),
-                      bg: ti.template(), out_rgb: ti.template(), out_depth: ti.template(),
-                      out_opacity: ti.template(), r):
-    start = rays[r, 0]
-    T = 1.0
-    c = ti.Vector([0.0, 0.0, 0.0])
-    depth = 0.0
-    opacity = 0.0
-    for k in range(n_used[r]):
-        s = start + k
-        w, T = accumulate_sample(T, sigmas[s], dts[s])
-        c += w * _ray_vec(rgbs, s)
-        depth += w * ts[s]
-        opacity += w
-    c += (1.0 - opacity) * _ray_vec(bg, r)
-    for a in ti.static(range(3)):
-        out_rgb[r, a] = c[a]
-    out_depth[r] = depth
-    out_opacity[r] = opacity
-
-
-@ti.kernel
-def composite_forward_ad(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1, needs_grad=True),
-                         rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True),
-                         ts: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                         dts: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                         rays: ti.types.ndarray(dtype=ti.i32, ndim=2),
-                         n_used: ti.types.ndarray(dtype=ti.i32, ndim=1),
-                         bg: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                         out_rgb: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True),
-                         out_depth: ti.types.ndarray(dtype=ti.f32, ndim=1, needs_grad=True),
-                         out_opacity: ti.types.ndarray(dtype=ti.f32, ndim=1, needs_grad=True)):
-    """Differentiable twin of :func:`composite_forward` over the first n_used samples (for ``.grad``)."""
-    for r in range(rays.shape[0]):
-        _composite_ray_ad(sigmas, rgbs, ts, dts, rays, n_used, bg, out_rgb, out_depth,
-                          out_opacity, r)
-
-
 @ti.kernel
 def composite_backward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
                        rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -111,7 +77,7 @@ def composite_backward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
                        grad_opacity: ti.types.ndarray(dtype=ti.f32, ndim=1),
                        grad_sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
                        grad_rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-    """Hand-written backward (for archs without ndarray autodiff): grads of sigmas (M,) and rgbs (M,3).
+    """Hand-written backward: grads of sigmas (M,) and rgbs (M,3) from grads of rgb, depth, opacity (R,).
 
     With v_i = g_rgb.(rgb_i - bg) + g_depth * t_i + g_opacity, the loss changes by
     dL/drgb_i = w_i g_rgb and dL/dsigma_i = dt_i (T_{i+1} v_i - sum_{j>i} w_j v_j).

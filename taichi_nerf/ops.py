@@ -22,10 +22,6 @@ from taichi_nerf.kernels.rays import ray_aabb_kernel
 from taichi_nerf.kernels.sh import sh_kernels
 from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
 
-# "auto": Taichi autodiff where it works (cpu/cuda), the hand-written kernel elsewhere.
-COMPOSITE_BACKWARD = ("auto", "autodiff", "manual")
-
-
 def check_tensor(x: torch.Tensor, name: str, shape: Tuple[Optional[int], ...],
                  dtype: torch.dtype = torch.float32) -> None:
     """Raise ValueError unless x is a contiguous tensor of `dtype` whose shape matches (None = any)."""
@@ -209,7 +205,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tenso
 # ---------------------------------------------------------------- compositing
 class _Composite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, sigmas, rgbs, ts, dts, rays, bg, t_threshold, backward):
+    def forward(ctx, sigmas, rgbs, ts, dts, rays, bg, t_threshold):
         R, dev = rays.shape[0], sigmas.device
         rgb = torch.empty(R, 3, dtype=torch.float32, device=dev)
         depth = torch.empty(R, dtype=torch.float32, device=dev)
@@ -218,45 +214,29 @@ class _Composite(torch.autograd.Function):
         composite_k.composite_forward(sigmas.detach(), rgbs.detach(), ts, dts, rays, bg,
                                       float(t_threshold), rgb, depth, opacity, n_used)
         ctx.save_for_backward(sigmas, rgbs, ts, dts, rays, bg, n_used)
-        ctx.backward_mode = backward
         ctx.mark_non_differentiable(n_used)
         return rgb, depth, opacity, n_used
 
     @staticmethod
     def backward(ctx, g_rgb, g_depth, g_opacity, _g_n):
         sigmas, rgbs, ts, dts, rays, bg, n_used = ctx.saved_tensors
-        g_rgb = g_rgb.contiguous()
-        g_depth = g_depth.contiguous()
-        g_opacity = g_opacity.contiguous()
-        mode = ctx.backward_mode
-        if mode == "auto":
-            mode = "autodiff" if runtime.current().ndarray_autodiff else "manual"
-        if mode == "autodiff" and not runtime.current().ndarray_autodiff:
-            raise RuntimeError(f"autodiff compositing backward needs arch cpu or cuda, "
-                               f"not {runtime.current().arch}")
-        gs = torch.zeros_like(sigmas)
-        gc = torch.zeros_like(rgbs)
-        if mode == "autodiff":
-            R = rays.shape[0]
-            outs = [torch.empty(R, 3, device=sigmas.device), torch.empty(R, device=sigmas.device),
-                    torch.empty(R, device=sigmas.device)]
-            composite_k.composite_forward_ad.grad(
-                _with_grad(sigmas, gs), _with_grad(rgbs, gc), ts, dts, rays, n_used, bg,
-                _with_grad(outs[0], g_rgb.clone()), _with_grad(outs[1], g_depth.clone()),
-                _with_grad(outs[2], g_opacity.clone()))
-        else:
-            composite_k.composite_backward(sigmas.detach(), rgbs.detach(), ts, dts, rays, n_used,
-                                           bg, g_rgb, g_depth, g_opacity, gs, gc)
-        return gs, gc, None, None, None, None, None, None
+        gs = torch.empty_like(sigmas)
+        gc = torch.empty_like(rgbs)
+        composite_k.composite_backward(sigmas.detach(), rgbs.detach(), ts, dts, rays, n_used, bg,
+                                       g_rgb.contiguous(), g_depth.contiguous(),
+                                       g_opacity.contiguous(), gs, gc)
+        return gs, gc, None, None, None, None, None
 
 
 def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, ts: torch.Tensor, dts: torch.Tensor,
-              rays: torch.Tensor, bg: torch.Tensor, t_threshold: float = 1e-4,
-              backward: str = "auto") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              rays: torch.Tensor, bg: torch.Tensor, t_threshold: float = 1e-4
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Composite packed samples -> rgb (R,3), depth (R,), opacity (R,), n_used (R,) int32.
 
-    sigmas (M,), rgbs (M,3), ts, dts (M,) float32; rays (R,2) int32 (start, count);
-    bg (R,3). Differentiable to sigmas and rgbs (not to ts, dts or bg).
+    sigmas (M,), rgbs (M,3), ts, dts (M,) float32; rays (R,2) int32 (start, count),
+    packed (samples of ray r at start..start+count-1); bg (R,3). Differentiable to
+    sigmas and rgbs (not to ts, dts or bg). Samples after the one that drops the
+    transmittance below `t_threshold` are ignored (n_used counts the rest).
     """
     check_tensor(sigmas, "sigmas", (None,))
     M = sigmas.shape[0]
@@ -266,13 +246,9 @@ def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, ts: torch.Tensor, dts: t
     check_tensor(rays, "rays", (None, 2), torch.int32)
     check_tensor(bg, "background", (rays.shape[0], 3))
     _same_device(sigmas, rgbs, ts, dts, rays, bg)
-    if backward not in COMPOSITE_BACKWARD:
-        raise ValueError(f"backward must be one of {COMPOSITE_BACKWARD}, got {backward!r}")
     if rays.shape[0]:
         end = (rays[:, 0].long() + rays[:, 1].long()).max().item()
         if rays.min().item() < 0 or end > M:
             raise ValueError(f"rays (start, count) must index inside the {M} samples "
                              f"(largest start+count is {end})")
-        if rays[:, 1].max().item() > runtime.AD_STACK_SIZE and backward != "manual":
-            raise ValueError(f"at most {runtime.AD_STACK_SIZE} samples per ray are supported")
-    return _Composite.apply(sigmas, rgbs, ts, dts, rays, bg, t_threshold, backward)
+    return _Composite.apply(sigmas, rgbs, ts, dts, rays, bg, t_threshold)

@@ -18,11 +18,6 @@ log = logging.getLogger("taichi_nerf")
 
 ARCHS = ("auto", "cpu", "cuda", "vulkan", "metal")
 
-# Reverse-mode autodiff through a dynamic loop with loop-carried locals (the
-# compositing loop over a ray's samples) keeps one stack entry per iteration.
-# Taichi's default stack is far smaller than a ray's sample budget.
-AD_STACK_SIZE = 1024
-
 
 class ArchUnavailableError(RuntimeError):
     """The requested Taichi arch cannot run on this machine."""
@@ -79,7 +74,7 @@ def _torch_device_for(arch: str) -> torch.device:
 def _try_init(arch: str, threads: int, debug: bool, seed: int) -> bool:
     """ti.init on `arch`; True if Taichi really runs there (it silently falls back to CPU)."""
     ti.init(arch=_ti_arch(arch), default_fp=ti.f32, default_ip=ti.i32,
-            cpu_max_num_threads=threads, ad_stack_size=AD_STACK_SIZE,
+            cpu_max_num_threads=threads,
             debug=debug, random_seed=seed, log_level=ti.WARN, offline_cache=True)
     return _running_arch_name() == arch
 

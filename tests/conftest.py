@@ -12,15 +12,22 @@ KERNEL_ARCHS = ("cpu", "vulkan")
 
 
 @pytest.fixture(scope="session", params=KERNEL_ARCHS)
-def arch(request):
-    """Initialise Taichi on each arch in turn (session scope groups tests by arch)."""
+def arch_name(request):
+    """The arch under test; session scope makes pytest run all tests of one arch together."""
+    return request.param
+
+
+@pytest.fixture
+def arch(arch_name):
+    """Taichi initialised on `arch_name` for this test (a no-op when it already runs there)."""
     try:
-        rt = runtime.init(request.param)
+        rt = runtime.init(arch_name)
     except runtime.ArchUnavailableError as e:
-        if os.environ.get("CI") or request.param == "cpu":
+        if os.environ.get("CI") or arch_name == "cpu":
             # In CI lavapipe is installed by .ci/run: a missing Vulkan there is a failure.
-            pytest.fail(f"arch {request.param} must be available here: {e}")
-        pytest.skip(f"arch {request.param} unavailable on this machine: {e}")
+            pytest.fail(f"arch {arch_name} must be available here: {e}")
+        pytest.skip(f"arch {arch_name} unavailable on this machine: {e}")
+    assert rt.arch == arch_name
     return rt.arch
 
 

@@ -1,0 +1,186 @@
+"""The built-in procedural scene: dataset layout, cache behaviour, and renderer vs analytic geometry."""
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from taichi_nerf import runtime
+from taichi_nerf.data import builtin
+
+RES = 32  # tiny: the whole 100-view render takes well under a second
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    runtime.init("cpu")
+
+
+@pytest.fixture(scope="module")
+def scene_dir(cpu, tmp_path_factory) -> Path:
+    return builtin.ensure_builtin_scene(RES, cache_dir=tmp_path_factory.mktemp("cache"),
+                                        progress=False)
+
+
+def _load_split(scene_dir: Path, split: str):
+    meta = json.loads((scene_dir / f"transforms_{split}.json").read_text())
+    return meta, [np.asarray(f["transform_matrix"], np.float64) for f in meta["frames"]]
+
+
+def test_dataset_layout(scene_dir):
+    assert scene_dir.name == f"builtin-v{builtin.SCENE_VERSION}-{RES}"
+    for split, count in (("train", 80), ("val", 10), ("test", 10)):
+        meta, poses = _load_split(scene_dir, split)
+        assert meta["camera_angle_x"] == pytest.approx(builtin.CAMERA_ANGLE_X)
+        assert len(meta["frames"]) == count
+        for idx, (frame, c2w) in enumerate(zip(meta["frames"], poses)):
+            assert frame["file_path"] == f"./{split}/r_{idx}"
+            assert (scene_dir / split / f"r_{idx}.png").is_file()
+            assert c2w.shape == (4, 4)
+            np.testing.assert_allclose(c2w[3], [0, 0, 0, 1])
+            np.testing.assert_allclose(c2w[:3, :3].T @ c2w[:3, :3], np.eye(3), atol=1e-9)
+            # On the sphere of radius 4, looking (down its -z axis) at the origin.
+            pos = c2w[:3, 3]
+            assert np.linalg.norm(pos) == pytest.approx(builtin.CAMERA_RADIUS)
+            np.testing.assert_allclose(-c2w[:3, 2], -pos / np.linalg.norm(pos), atol=1e-9)
+    # Splits are disjoint views.
+    all_pos = np.concatenate([np.stack(_load_split(scene_dir, s)[1])[:, :3, 3]
+                              for s in ("train", "val", "test")])
+    assert len(np.unique(all_pos.round(6), axis=0)) == 100
+
+
+def test_images_rgba_with_transparent_border_and_opaque_centre(scene_dir):
+    for split in ("train", "val", "test"):
+        for png in sorted((scene_dir / split).glob("r_*.png")):
+            img = iio.imread(png)
+            assert img.shape == (RES, RES, 4) and img.dtype == np.uint8, png
+            alpha = img[..., 3]
+            assert alpha[0, 0] == alpha[0, -1] == alpha[-1, 0] == alpha[-1, -1] == 0, png
+            assert alpha[RES // 2, RES // 2] == 255, png
+            assert (img[alpha == 0][:, :3] == 0).all()
+            # Anti-aliased edges: some fractional alpha in every view.
+            assert ((alpha > 0) & (alpha < 255)).any(), png
+
+
+def test_cache_is_reused(scene_dir, monkeypatch):
+    marker = scene_dir / builtin.MARKER_NAME
+    png = scene_dir / "train" / "r_0.png"
+    before = (marker.stat().st_mtime_ns, png.stat().st_mtime_ns)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached scene was rendered again")
+
+    monkeypatch.setattr(builtin, "write_builtin_scene", fail)
+    again = builtin.ensure_builtin_scene(RES, cache_dir=scene_dir.parent, progress=False)
+    assert again == scene_dir
+    assert (marker.stat().st_mtime_ns, png.stat().st_mtime_ns) == before
+
+
+def test_stale_cache_is_rendered_again(cpu, tmp_path, monkeypatch):
+    calls = []
+    original = builtin.write_builtin_scene
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(builtin, "write_builtin_scene", counting)
+    path = builtin.ensure_builtin_scene(16, cache_dir=tmp_path, progress=False)
+    assert builtin.builtin_scene_path(16, tmp_path) == path
+    assert len(calls) == 1
+    marker = path / builtin.MARKER_NAME
+    meta = json.loads(marker.read_text())
+    meta["fingerprint"] = "from-an-older-version"
+    marker.write_text(json.dumps(meta))
+    assert not builtin.is_complete(path, 16)
+    assert builtin.ensure_builtin_scene(16, cache_dir=tmp_path, progress=False) == path
+    assert len(calls) == 2
+    assert builtin.is_complete(path, 16)
+    # Temporary and stale folders are gone; only the finished scene remains.
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_cache_root_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAICHI_NERF_CACHE", str(tmp_path))
+    assert builtin.builtin_scene_path(64) == tmp_path / f"builtin-v{builtin.SCENE_VERSION}-64"
+    assert builtin.builtin_scene_path(64, cache_dir=tmp_path / "x").parent == tmp_path / "x"
+
+
+def test_analytic_depth_agrees_with_rendered_alpha(scene_dir):
+    meta, poses = _load_split(scene_dir, "test")
+    checked = 0
+    for frame, c2w in list(zip(meta["frames"], poses))[:3]:
+        alpha = iio.imread(scene_dir / (frame["file_path"] + ".png"))[..., 3] / 255.0
+        depth = builtin.depth_map(c2w, RES, RES, meta["camera_angle_x"])
+        assert np.isfinite(depth[alpha > 0.99]).all()
+        assert np.isinf(depth[alpha < 0.01]).all()
+        checked += (alpha > 0.99).sum()
+        # Hits lie on the surface and in front of the camera, within the scene.
+        o, d = builtin.pixel_rays(c2w, RES, RES, meta["camera_angle_x"])
+        t = depth.reshape(-1)
+        hit = np.isfinite(t)
+        pts = o[hit] + t[hit, None] * d[hit]
+        np.testing.assert_allclose(builtin.scene_sdf(pts), 0.0, atol=1e-7)
+        assert (t[hit] > builtin.CAMERA_RADIUS - 1.36).all()
+    assert checked > 50
+
+
+def test_taichi_render_depth_matches_analytic(cpu):
+    # The Taichi renderer (float32, sphere-traced torus) and the numpy geometry
+    # (float64, quartic torus) read the same table: their centre-ray depths
+    # agree except at a few grazing silhouette rays.
+    rng = np.random.default_rng(1)
+    cams = builtin.builtin_cameras()["train"]
+    for c2w in cams[rng.choice(len(cams), 2, replace=False)]:
+        rgba, depth = builtin.render_view(c2w, 64, 48)
+        assert rgba.shape == (48, 64, 4) and rgba.dtype == np.float32
+        assert rgba.min() >= 0.0 and rgba.max() <= 1.0
+        truth = builtin.depth_map(c2w, 64, 48)
+        assert (np.isfinite(truth) == np.isfinite(depth)).mean() > 0.999
+        both = np.isfinite(truth) & np.isfinite(depth)
+        assert (np.abs(truth[both] - depth[both]) < 1e-3).mean() > 0.999
+        assert np.median(np.abs(truth[both] - depth[both])) < 1e-5
+
+
+def test_ray_depth_scales_with_direction_length():
+    o = np.array([[0.0, 0.0, 4.0], [4.0, 0.0, 0.0], [0.0, 4.0, 4.0]])
+    d = -o / np.linalg.norm(o, axis=1, keepdims=True)
+    t = builtin.ray_depth(o, d)
+    ball = builtin.PRIMITIVES[0]
+    np.testing.assert_allclose(t, 4.0 * np.array([1, 1, np.sqrt(2)]) - ball.params[0])
+    np.testing.assert_allclose(builtin.ray_depth(o, 2.5 * d), t / 2.5)
+    # Rays pointing away from everything miss.
+    assert np.isinf(builtin.ray_depth(o, -d)).all()
+
+
+def test_inside_and_sdf_signs():
+    rng = np.random.default_rng(2)
+    pts = rng.uniform(-1.5, 1.5, (200_000, 3))
+    sdf = builtin.scene_sdf(pts)
+    assert (builtin.inside(pts) == (sdf < 0)).all()
+    # Several solids, all within the radius that stays inside every camera's frame.
+    assert 0.01 < (sdf < 0).mean() < 0.3
+    assert np.linalg.norm(pts[sdf < 0], axis=1).max() < 4.0 * np.sin(0.5 * builtin.CAMERA_ANGLE_X)
+    assert builtin.inside(np.zeros((1, 3)))[0]
+    corners = np.array(np.meshgrid(*[[-1.5, 1.5]] * 3)).reshape(3, -1).T
+    assert not builtin.inside(corners).any()
+    # Each primitive is a solid: a point in its material is inside the scene.
+    for prim in builtin.PRIMITIVES:
+        local = np.array([prim.params[0], 0.0, 0.0]) if prim.kind == "torus" else np.zeros(3)
+        p = (prim.rotation @ local + np.asarray(prim.center))[None]
+        assert builtin.inside(p)[0], prim.name
+        assert builtin.primitive_sdf(p, prim)[0] < 0, prim.name
+    # The primitives do not touch, so each is its own closed surface.
+    per_prim = np.stack([builtin.primitive_sdf(pts, p) for p in builtin.PRIMITIVES])
+    assert ((per_prim < 0).sum(axis=0) <= 1).all()
+
+
+def test_primitive_table_is_the_scene():
+    table = builtin.primitive_table()
+    assert table.shape == (len(builtin.PRIMITIVES), builtin.TABLE_COLUMNS)
+    assert 3 <= len(builtin.PRIMITIVES) <= 5
+    assert {p.kind for p in builtin.PRIMITIVES} >= {"sphere", "box", "torus"}
+    for row, prim in zip(table, builtin.PRIMITIVES):
+        np.testing.assert_allclose(row[1:4], prim.center, atol=1e-7)
+        np.testing.assert_allclose(row[4:13].reshape(3, 3), prim.rotation.T, atol=1e-7)
