@@ -1,0 +1,174 @@
+"""Readers for COLMAP sparse models (cameras and images; text or binary)."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from .errors import DataError
+
+# COLMAP's camera model ids, names and parameter counts (src/colmap/sensor/models.h).
+CAMERA_MODELS = {
+    0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
+    4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
+    8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
+    11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
+}
+MODEL_PARAMS = {name: n for name, n in CAMERA_MODELS.values()}
+
+
+@dataclass
+class ColmapCamera:
+    """One COLMAP camera: model name, size in pixels, raw params."""
+
+    model: str
+    width: int
+    height: int
+    params: np.ndarray
+
+
+@dataclass
+class ColmapImage:
+    """One registered image: world-to-camera rotation quaternion (w, x, y, z), translation, camera id, file name."""
+
+    qvec: np.ndarray
+    tvec: np.ndarray
+    camera_id: int
+    name: str
+
+
+def _data_lines(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot read: {e}") from None
+    return text.splitlines()
+
+
+def read_cameras_text(path: Path) -> Dict[int, ColmapCamera]:
+    """Parse ``cameras.txt``: ``CAMERA_ID MODEL WIDTH HEIGHT PARAMS...`` per line."""
+    cams = {}
+    for n, line in enumerate(_data_lines(path), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        el = line.split()
+        try:
+            cam_id, model, w, h = int(el[0]), el[1], int(el[2]), int(el[3])
+            params = np.array([float(v) for v in el[4:]])
+        except (IndexError, ValueError):
+            raise DataError(path, f"line {n}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...'") from None
+        if model in MODEL_PARAMS and len(params) != MODEL_PARAMS[model]:
+            raise DataError(path, f"line {n}: {model} takes {MODEL_PARAMS[model]} params, got {len(params)}")
+        cams[cam_id] = ColmapCamera(model, w, h, params)
+    return cams
+
+
+def read_images_text(path: Path) -> List[ColmapImage]:
+    """Parse ``images.txt``: a header line ``ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` then a (maybe empty) points line."""
+    lines = _data_lines(path)
+    images = []
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        el = line.split(maxsplit=9)
+        try:
+            q = np.array([float(v) for v in el[1:5]])
+            t = np.array([float(v) for v in el[5:8]])
+            images.append(ColmapImage(q, t, int(el[8]), el[9]))
+        except (IndexError, ValueError):
+            raise DataError(path, f"line {i}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'") from None
+        i += 1  # the POINTS2D line follows every header, even when empty
+    return images
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data = path.read_bytes()
+        except OSError as e:
+            raise DataError(path, f"cannot read: {e}") from None
+        self.pos = 0
+
+    def take(self, fmt: str):
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.data):
+            raise DataError(self.path, f"truncated binary file (needed {size} bytes at offset {self.pos})")
+        vals = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += size
+        return vals
+
+    def cstring(self) -> str:
+        end = self.data.find(b"\0", self.pos)
+        if end < 0:
+            raise DataError(self.path, f"truncated binary file (unterminated name at offset {self.pos})")
+        s = self.data[self.pos:end].decode("utf-8", errors="replace")
+        self.pos = end + 1
+        return s
+
+    def skip(self, n: int) -> None:
+        if self.pos + n > len(self.data):
+            raise DataError(self.path, f"truncated binary file (needed {n} bytes at offset {self.pos})")
+        self.pos += n
+
+
+def read_cameras_binary(path: Path) -> Dict[int, ColmapCamera]:
+    """Parse ``cameras.bin`` (little-endian: u64 count; per camera i32 id, i32 model, u64 w, u64 h, f64 params)."""
+    r = _Reader(path)
+    cams = {}
+    (count,) = r.take("<Q")
+    for _ in range(count):
+        cam_id, model_id, w, h = r.take("<iiQQ")
+        if model_id not in CAMERA_MODELS:
+            raise DataError(path, f"camera {cam_id}: unknown camera model id {model_id}")
+        name, n = CAMERA_MODELS[model_id]
+        cams[cam_id] = ColmapCamera(name, w, h, np.array(r.take(f"<{n}d")))
+    return cams
+
+
+def read_images_binary(path: Path) -> List[ColmapImage]:
+    """Parse ``images.bin`` (u64 count; per image i32 id, f64 qvec[4], f64 tvec[3], i32 camera, name, points)."""
+    r = _Reader(path)
+    images = []
+    (count,) = r.take("<Q")
+    for _ in range(count):
+        vals = r.take("<i7di")
+        name = r.cstring()
+        (n_points,) = r.take("<Q")
+        r.skip(24 * n_points)  # (f64 x, f64 y, i64 point3D_id) each: not needed here
+        images.append(ColmapImage(np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name))
+    return images
+
+
+def qvec_to_rotmat(q: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) -> rotation matrix (3, 3)."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * x * z + 2 * w * y],
+        [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
+        [2 * x * z - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y],
+    ])
+
+
+def camera_intrinsics(cam: ColmapCamera, where: Path, cam_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(fx, fy, cx, cy) in pixels and OpenCV (k1, k2, p1, p2), float64 (4,) each; DataError naming ``where`` otherwise."""
+    p = cam.params
+    if cam.model == "SIMPLE_PINHOLE":
+        return np.array([p[0], p[0], p[1], p[2]]), np.zeros(4)
+    if cam.model == "PINHOLE":
+        return np.array(p[:4]), np.zeros(4)
+    if cam.model == "SIMPLE_RADIAL":
+        return np.array([p[0], p[0], p[1], p[2]]), np.array([p[3], 0, 0, 0])
+    if cam.model == "RADIAL":
+        return np.array([p[0], p[0], p[1], p[2]]), np.array([p[3], p[4], 0, 0])
+    if cam.model == "OPENCV":
+        return np.array(p[:4]), np.array(p[4:8])
+    raise DataError(where, f"camera {cam_id}: unsupported camera model {cam.model} (supported: "
+                           "SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV)")

@@ -1,0 +1,129 @@
+"""Reading images as float32 sRGB and area-filter downscaling."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import imageio.v3 as iio
+import numpy as np
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".tif", ".tiff", ".webp")
+
+
+def _decode_raw(path: Path) -> np.ndarray:
+    """Decoded pixels (H, W, 3 or 4), dtype as stored (uint8, uint16 or float)."""
+    if not path.is_file():
+        raise DataError(path, "image file not found")
+    try:
+        raw = np.asarray(iio.imread(path))
+    except Exception as e:  # imageio raises many types for corrupt/unknown files
+        raise DataError(path, f"unreadable image: {type(e).__name__}: {e}") from None
+    if raw.ndim == 4:  # multi-frame (GIF, TIFF): the first frame is the image
+        raw = raw[0]
+    if raw.dtype not in (np.uint8, np.uint16) and not np.issubdtype(raw.dtype, np.floating):
+        raise DataError(path, f"unsupported pixel type {raw.dtype}")
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    if raw.ndim != 3 or raw.shape[2] not in (1, 2, 3, 4):
+        raise DataError(path, f"unsupported image shape {raw.shape} (expected gray, RGB or RGBA)")
+    if raw.shape[2] == 1:
+        raw = np.repeat(raw, 3, axis=2)
+    elif raw.shape[2] == 2:  # gray + alpha
+        raw = np.concatenate([np.repeat(raw[:, :, :1], 3, axis=2), raw[:, :, 1:]], axis=2)
+    return raw
+
+
+def _to_float(raw: np.ndarray) -> np.ndarray:
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / np.float32(255.0)
+    if raw.dtype == np.uint16:
+        return raw.astype(np.float32) / np.float32(65535.0)
+    return raw.astype(np.float32)
+
+
+def read_image(path: os.PathLike) -> np.ndarray:
+    """Decode one image file to float32 (H, W, 3 or 4) sRGB in [0, 1], straight alpha."""
+    return _to_float(_decode_raw(Path(path)))
+
+
+def downscale_area(img: np.ndarray, k: int) -> np.ndarray:
+    """Area-filter (H, W, C) by integer k: crop to multiples of k, average k x k blocks -> (H//k, W//k, C).
+
+    With 4 channels the colour is averaged weighted by alpha (in premultiplied
+    space): straight-alpha colour under transparent pixels carries no
+    information, and this way compositing the result over any background
+    equals the block mean of the full-resolution composite.
+    """
+    img = np.asarray(img, dtype=np.float32)
+    if k == 1:
+        return img
+    h, w, c = img.shape[0] // k, img.shape[1] // k, img.shape[2]
+    blocks = img[: h * k, : w * k].reshape(h, k, w, k, c)
+    if c != 4:
+        return blocks.mean(axis=(1, 3), dtype=np.float32)
+    alpha = blocks[..., 3:]
+    a_mean = alpha.mean(axis=(1, 3), dtype=np.float32)
+    premul = (blocks[..., :3] * alpha).mean(axis=(1, 3), dtype=np.float32)
+    plain = blocks[..., :3].mean(axis=(1, 3), dtype=np.float32)
+    rgb = np.where(a_mean > 0, premul / np.maximum(a_mean, np.float32(1e-12)), plain)
+    # A weighted mean lies within its block's range; the division can round past it (1.0000004).
+    rgb = np.clip(rgb, blocks[..., :3].min(axis=(1, 3)), blocks[..., :3].max(axis=(1, 3)))
+    return np.concatenate([rgb, a_mean], axis=2).astype(np.float32)
+
+
+def _decode(path: Path, k: int) -> Tuple[np.ndarray, Tuple[int, int]]:
+    raw = _decode_raw(path)
+    size = (raw.shape[1], raw.shape[0])
+    if k > min(size):
+        raise DataError(path, f"downscale {k} is larger than the image ({size[0]}x{size[1]})")
+    # At full resolution the compact decoded dtype is kept until the copy into
+    # the output, so peak memory is the output plus uint8 copies, not 2x float.
+    return (raw if k == 1 else downscale_area(_to_float(raw), k)), size
+
+
+def load_images(paths: Sequence[os.PathLike], downscale: int = 1,
+                expected_sizes: Optional[Sequence[Optional[Tuple[int, int]]]] = None,
+                workers: Optional[int] = None) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """Load and area-downscale images -> (float32 (N, H//k, W//k, C), original (W, H) in pixels).
+
+    All images must share one size; ``expected_sizes[i]`` is the (w, h) the
+    metadata claims for image i (either may be None), or None. C is 4 if any image has alpha (RGB
+    images among RGBA ones get alpha 1).
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("load_images needs at least one path")
+    for p in paths:  # fail on a missing file before spending time decoding
+        if not p.is_file():
+            raise DataError(p, "image file not found")
+    k = int(downscale)
+    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
+    try:
+        futures = [pool.submit(_decode, p, k) for p in paths]
+        results = []
+        for i, (p, fut) in enumerate(zip(paths, futures)):
+            img, size = fut.result()
+            want = expected_sizes[i] if expected_sizes is not None else None
+            if want is not None and any(x is not None and x != s for x, s in zip(want, size)):
+                claimed = "x".join("?" if x is None else str(x) for x in want)
+                raise DataError(p, f"image is {size[0]}x{size[1]} but the metadata says {claimed}")
+            if results and size != results[0][1]:
+                w0, h0 = results[0][1]
+                raise DataError(p, f"image is {size[0]}x{size[1]} but {paths[0].name} is "
+                                   f"{w0}x{h0}; all images must have one size")
+            results.append((img, size))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    channels = 4 if any(img.shape[2] == 4 for img, _ in results) else 3
+    out = np.empty((len(results),) + results[0][0].shape[:2] + (channels,), np.float32)
+    for i in range(len(results)):
+        img = results[i][0]
+        results[i] = (None, results[i][1])  # release each source as soon as it is copied
+        out[i, :, :, : img.shape[2]] = _to_float(img) if k == 1 else img
+        if img.shape[2] == 3 and channels == 4:
+            out[i, :, :, 3] = 1.0
+    return out, results[0][1]

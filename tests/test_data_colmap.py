@@ -1,0 +1,196 @@
+"""COLMAP loader on text and binary models written here."""
+import struct
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from taichi_nerf.data import DataError, detect_format, load_dataset, to_model_space
+
+W, H = 8, 6
+MODEL_IDS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4,
+             "OPENCV_FISHEYE": 5}
+
+
+def rot_to_quat(r):
+    """Rotation matrix -> unit quaternion (w, x, y, z) (Shepperd's method, any rotation)."""
+    tr = np.trace(r)
+    if tr > 0:
+        s = 2 * np.sqrt(tr + 1)
+        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(r)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2 * np.sqrt(1 + r[i, i] - r[j, j] - r[k, k])
+        q = np.zeros(4)
+        q[0] = (r[k, j] - r[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (r[j, i] + r[i, j]) / s
+        q[1 + k] = (r[k, i] + r[i, k]) / s
+    return np.asarray(q)
+
+
+def colmap_camera_looking_at_origin(eye):
+    """COLMAP (qvec, tvec) for a camera at ``eye`` looking at the origin, image up = world +z."""
+    fwd = -np.asarray(eye, np.float64) / np.linalg.norm(eye)
+    right = np.cross(fwd, [0, 0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    r_c2w = np.stack([right, down, fwd], axis=1)  # OpenCV axes: x right, y down, z forward
+    r_w2c = r_c2w.T
+    return rot_to_quat(r_w2c), -r_w2c @ np.asarray(eye, np.float64)
+
+
+EYES = [[0, -4, 0], [4, 0, 0], [0, 4, 0], [-4, 0, 0]]
+CAMERAS = {1: ("PINHOLE", [10.0, 11.0, 4.0, 3.0])}
+
+
+def write_images(root, names):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        iio.imwrite(root / "images" / n, np.full((H, W, 3), 50 * i, np.uint8))
+
+
+def write_text_model(folder, cameras, images):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["# Camera list with one line of data per camera:"]
+    lines += [f"{cid} {model} {W} {H} " + " ".join(map(repr, params))
+              for cid, (model, params) in cameras.items()]
+    (folder / "cameras.txt").write_text("\n".join(lines) + "\n")
+    lines = ["# Image list with two lines of data per image:", "# Number of images: x"]
+    for iid, (q, t, cid, name) in enumerate(images, 1):
+        lines.append(f"{iid} " + " ".join(map(repr, [*map(float, q), *map(float, t)])) + f" {cid} {name}")
+        lines.append("" if iid % 2 else "1.5 2.5 -1 3.0 4.0 7")  # POINTS2D lines, some empty
+    (folder / "images.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_binary_model(folder, cameras, images):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = struct.pack("<Q", len(cameras))
+    for cid, (model, params) in cameras.items():
+        data += struct.pack("<iiQQ", cid, MODEL_IDS[model], W, H) + struct.pack(f"<{len(params)}d", *params)
+    (folder / "cameras.bin").write_bytes(data)
+    data = struct.pack("<Q", len(images))
+    for iid, (q, t, cid, name) in enumerate(images, 1):
+        data += struct.pack("<i7di", iid, *q, *t, cid) + name.encode() + b"\0"
+        data += struct.pack("<Q", 2) + struct.pack("<ddqddq", 1.0, 2.0, -1, 3.0, 4.0, 5)
+    (folder / "images.bin").write_bytes(data)
+
+
+def make_colmap(root, binary=False, cameras=CAMERAS, cam_of=lambda i: 1):
+    images = []
+    for i, eye in enumerate(EYES):
+        q, t = colmap_camera_looking_at_origin(eye)
+        images.append((q, t, cam_of(i), f"img_{i}.png"))
+    images.reverse()  # the loader sorts by name
+    (write_binary_model if binary else write_text_model)(root / "sparse" / "0", cameras, images)
+    write_images(root, [f"img_{i}.png" for i in range(len(EYES))])
+    return root
+
+
+def test_colmap_known_camera_by_hand(tmp_path):
+    # Camera at (0, -4, 0) looking at the origin: world-to-camera is a +90 degree turn about x.
+    s = np.sqrt(0.5)
+    write_text_model(tmp_path / "sparse" / "0", CAMERAS,
+                     [([s, s, 0, 0], [0, 0, 4], 1, "a.png"), ([s, s, 0, 0], [1, 0, 4], 1, "b.png")])
+    write_images(tmp_path, ["a.png", "b.png"])
+    ds = load_dataset(tmp_path, "all")
+    expected = np.array([[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 0], [0, 0, 0, 1.0]])
+    np.testing.assert_allclose(ds.poses[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_colmap_poses_intrinsics_and_scene(tmp_path, binary):
+    root = make_colmap(tmp_path, binary=binary)
+    assert detect_format(root) == "colmap"
+    ds = load_dataset(root, "all", downscale=2)
+    assert ds.format == "colmap" and len(ds) == 4 and ds.images.shape == (4, 3, 4, 3)
+    assert [n.rsplit("/", 1)[1] for n in ds.names] == [f"img_{i}.png" for i in range(4)]
+    np.testing.assert_allclose(ds.intrinsics, [[5.0, 5.5, 2.0, 1.5]] * 4, rtol=1e-6)
+    np.testing.assert_array_equal(ds.distortion, 0)
+    for pose, eye in zip(ds.poses, EYES):
+        np.testing.assert_allclose(pose[:3, 3], eye, atol=1e-5)  # camera centre
+        np.testing.assert_allclose(-pose[:3, 2], -np.asarray(eye) / 4, atol=1e-6)  # looks at origin
+        np.testing.assert_allclose(pose[:3, 1], [0, 0, 1], atol=1e-6)  # OpenGL up = world up
+        np.testing.assert_allclose(pose[:3, :3] @ pose[:3, :3].T, np.eye(3), atol=1e-6)
+    # Look-at point -> 0.5; mean camera distance 4 -> 1.32 (colmap2nerf x instant-ngp 0.33).
+    assert ds.scene_scale == pytest.approx(0.33)
+    np.testing.assert_allclose(ds.scene_offset, 0.5, atol=1e-6)
+    assert ds.aabb_scale == 4
+    assert ds.background is None
+
+
+def test_colmap_text_and_binary_agree(tmp_path):
+    a = load_dataset(make_colmap(tmp_path / "t"), "all")
+    b = load_dataset(make_colmap(tmp_path / "b", binary=True), "all")
+    np.testing.assert_allclose(a.poses, b.poses, atol=1e-6)
+    np.testing.assert_allclose(a.images, b.images)
+    assert a.scene == b.scene
+
+
+def test_colmap_camera_models(tmp_path):
+    cams = {1: ("SIMPLE_PINHOLE", [10.0, 4.0, 3.0]), 2: ("PINHOLE", [10.0, 11.0, 4.1, 3.1]),
+            3: ("SIMPLE_RADIAL", [12.0, 4.2, 3.2, 0.1]), 4: ("RADIAL", [13.0, 4.3, 3.3, 0.1, -0.2]),
+            5: ("OPENCV", [14.0, 15.0, 4.4, 3.4, 0.1, -0.2, 0.01, -0.02])}
+    cams = {**cams, 6: ("OPENCV", [1.0] * 8)}
+    root = make_colmap(tmp_path, binary=True, cameras=cams, cam_of=lambda i: i + 2)
+    ds = load_dataset(root, "all")
+    np.testing.assert_allclose(ds.intrinsics, [[10, 11, 4.1, 3.1], [12, 12, 4.2, 3.2],
+                                               [13, 13, 4.3, 3.3], [14, 15, 4.4, 3.4]], rtol=1e-6)
+    np.testing.assert_allclose(ds.distortion, [[0, 0, 0, 0], [0.1, 0, 0, 0], [0.1, -0.2, 0, 0],
+                                               [0.1, -0.2, 0.01, -0.02]], rtol=1e-6)
+    root2 = make_colmap(tmp_path / "s", cameras={1: cams[1]})
+    np.testing.assert_allclose(load_dataset(root2, "all").intrinsics[0], [10, 10, 4, 3])
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_colmap_unsupported_model_names_model_and_file(tmp_path, binary):
+    cams = {1: ("OPENCV_FISHEYE", [10.0, 10.0, 4.0, 3.0, 0.1, 0.0, 0.0, 0.0])}
+    root = make_colmap(tmp_path, binary=binary, cameras=cams)
+    with pytest.raises(DataError, match="OPENCV_FISHEYE") as e:
+        load_dataset(root)
+    ext = "bin" if binary else "txt"
+    assert str(e.value).startswith(str(root / "sparse" / "0" / f"cameras.{ext}") + ":")
+
+
+def test_colmap_up_alignment_and_holdout(tmp_path):
+    # Same rig with the world tilted: the loader turns the mean camera up into +z.
+    tilt = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0.0]])  # world z -> -y
+    images = []
+    for i, eye in enumerate(EYES):
+        q, t = colmap_camera_looking_at_origin(eye)
+        r_w2c = np.linalg.inv(tilt @ np.linalg.inv(_quat_to_rot(q)))
+        images.append((rot_to_quat(r_w2c), t + np.zeros(3), 1, f"img_{i}.png"))
+    write_text_model(tmp_path / "sparse" / "0", CAMERAS, images)
+    write_images(tmp_path, [f"img_{i}.png" for i in range(4)])
+    ds = load_dataset(tmp_path, "all")
+    np.testing.assert_allclose(ds.poses[:, :3, 1], [[0, 0, 1]] * 4, atol=1e-6)
+    model = to_model_space(ds.poses, ds.scene_scale, ds.scene_offset)
+    np.testing.assert_allclose(np.linalg.norm(model[:, :3, 3] - 0.5, axis=1), 1.32, atol=1e-5)
+    tr, va = load_dataset(tmp_path, "train", holdout=2), load_dataset(tmp_path, "val", holdout=2)
+    assert (len(tr), len(va)) == (2, 2) and tr.scene == va.scene
+    np.testing.assert_allclose(va.poses, ds.poses[[0, 2]])
+
+
+def _quat_to_rot(q):
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def test_colmap_image_size_must_match_camera(tmp_path):
+    root = make_colmap(tmp_path)
+    iio.imwrite(root / "images" / "img_2.png", np.zeros((H, W + 2, 3), np.uint8))
+    with pytest.raises(DataError, match="metadata says 8x6") as e:
+        load_dataset(root, "all")
+    assert str(e.value).startswith(str(root / "images" / "img_2.png") + ":")
+
+
+def test_colmap_truncated_binary(tmp_path):
+    root = make_colmap(tmp_path, binary=True)
+    p = root / "sparse" / "0" / "images.bin"
+    p.write_bytes(p.read_bytes()[:-30])
+    with pytest.raises(DataError, match="truncated") as e:
+        load_dataset(root)
+    assert str(p) in str(e.value)
