@@ -41,32 +41,41 @@ def grid_index(x: ti.u32, y: ti.u32, z: ti.u32, res: ti.template(), size: ti.tem
     return ti.cast(idx, ti.i32)
 
 
-def make_level_lookup(spec: HashGridSpec):
-    """A @ti.func (table, p: vec3 in [0,1], l: static int) -> ti.Vector of n_features."""
+def make_level_funcs(spec: HashGridSpec):
+    """@ti.funcs ``level_corners(p, l)`` -> (rows: 8 ints, weights: 8 floats) and
+    ``level_lookup(table, p, l)`` -> n_features vector, for p in [0,1]^3 and static level l."""
     F = spec.n_features
     resolutions, offsets, sizes, dense = (spec.resolutions, spec.level_offsets,
                                           spec.level_sizes, spec.dense)
 
     @ti.func
-    def level_lookup(table: ti.template(), p, l: ti.template()):
+    def level_corners(p, l: ti.template()):
         res = ti.static(resolutions[l])
         q = ti.math.clamp(p, 0.0, 1.0) * res
         cell = ti.min(ti.cast(ti.floor(q), ti.i32), res - 1)
         frac = q - ti.cast(cell, ti.f32)
-        feat = ti.Vector.zero(ti.f32, F)
+        rows = ti.Vector.zero(ti.i32, 8)
+        weights = ti.Vector.zero(ti.f32, 8)
         for c in ti.static(range(8)):
             cx, cy, cz = ti.static(c & 1, (c >> 1) & 1, (c >> 2) & 1)
-            w = ((frac[0] if cx else 1.0 - frac[0])
-                 * (frac[1] if cy else 1.0 - frac[1])
-                 * (frac[2] if cz else 1.0 - frac[2]))
-            row = ti.static(offsets[l]) + grid_index(
+            weights[c] = ((frac[0] if cx else 1.0 - frac[0])
+                          * (frac[1] if cy else 1.0 - frac[1])
+                          * (frac[2] if cz else 1.0 - frac[2]))
+            rows[c] = ti.static(offsets[l]) + grid_index(
                 ti.cast(cell[0] + cx, ti.u32), ti.cast(cell[1] + cy, ti.u32),
                 ti.cast(cell[2] + cz, ti.u32), res, ti.static(sizes[l]), ti.static(dense[l]))
+        return rows, weights
+
+    @ti.func
+    def level_lookup(table: ti.template(), p, l: ti.template()):
+        rows, weights = level_corners(p, l)
+        feat = ti.Vector.zero(ti.f32, F)
+        for c in ti.static(range(8)):
             for f in ti.static(range(F)):
-                feat[f] += w * table[row, f]
+                feat[f] += weights[c] * table[rows[c], f]
         return feat
 
-    return level_lookup
+    return level_corners, level_lookup
 
 
 class HashGridKernels:
@@ -75,6 +84,9 @@ class HashGridKernels:
     - ``forward(pos (N,3), table (P,F), out (N,L*F))``: plain forward, any arch.
     - ``forward_ad`` / ``forward_ad_pos``: same body with ``needs_grad`` annotations,
       for ``kernel.grad`` on cpu/cuda (table grad; table and position grads).
+    - ``table_grad_by_level(pos, grad_out, grad_table)``: hand-written table gradient
+      (accumulates into grad_table) with one task per level, so no two threads touch
+      the same row and the adds need no atomics: the fast path on the CPU.
     - ``vjp_field(pos, grad_out, table_field, loss_field)``: loss = sum(grad_out * enc);
       its ``.grad`` gives the table gradient through field autodiff (Vulkan/Metal).
     """
@@ -82,7 +94,7 @@ class HashGridKernels:
     def __init__(self, spec: HashGridSpec):
         self.spec = spec
         L, F = spec.n_levels, spec.n_features
-        self.lookup = lookup = make_level_lookup(spec)
+        self.corners, self.lookup = corners, lookup = make_level_funcs(spec)
 
         @ti.func
         def encode_point(pos: ti.template(), table: ti.template(), out: ti.template(), i):
@@ -114,6 +126,24 @@ class HashGridKernels:
                 encode_point(pos, table, out, i)
 
         @ti.kernel
+        def table_grad_by_level(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                                grad_out: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                                grad_table: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+            ti.loop_config(block_dim=1)
+            for task in range(L):
+                for l in ti.static(range(L)):
+                    if task == l:
+                        for i in range(pos.shape[0]):
+                            rows, weights = corners(
+                                ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]]), l)
+                            for c in ti.static(range(8)):
+                                for f in ti.static(range(F)):
+                                    # plain load/store on purpose: `+=` on a global
+                                    # would compile to an atomic add
+                                    grad_table[rows[c], f] = (grad_table[rows[c], f]
+                                                              + weights[c] * grad_out[i, l * F + f])
+
+        @ti.kernel
         def vjp_field(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
                       grad_out: ti.types.ndarray(dtype=ti.f32, ndim=2),
                       table: ti.template(), loss: ti.template()):
@@ -130,6 +160,7 @@ class HashGridKernels:
         self.forward = forward
         self.forward_ad = forward_ad
         self.forward_ad_pos = forward_ad_pos
+        self.table_grad_by_level = table_grad_by_level
         self.vjp_field = vjp_field
 
 
