@@ -53,13 +53,13 @@ def occupied_at(bitfield: ti.template(), p, n_cascades: ti.template(), res: ti.t
 @ti.kernel
 def pack_bitfield(density: ti.types.ndarray(dtype=ti.f32, ndim=1), threshold: ti.f32,
                   bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1)):
-    """density (n_cells,) -> bitfield (n_words,): bit set where density > threshold."""
+    """density (n_cells,) -> bitfield (n_words,): bit set where density > threshold or < 0 (unvisited)."""
     n = density.shape[0]
     for w in range(bitfield.shape[0]):
         bits = ti.u32(0)
         for b in range(32):
             i = w * 32 + b
-            if i < n and density[i] > threshold:
+            if i < n and (density[i] > threshold or density[i] < 0.0):
                 bits |= ti.u32(1) << ti.cast(b, ti.u32)
         bitfield[w] = ti.cast(bits, ti.i32)
 

@@ -1,0 +1,105 @@
+"""The NGP radiance field in torch: hash grid -> density MLP -> SH-conditioned colour MLP."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from taichi_nerf import ops
+from taichi_nerf.kernels.sh import sh_dim
+from taichi_nerf.kernels.specs import HashGridSpec
+
+# exp overflows float32 past ~88; clamping the backward keeps gradients finite
+TRUNC_EXP_MAX = 15.0
+
+
+class _TruncExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=TRUNC_EXP_MAX))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) whose gradient uses exp(min(x, 15)) (instant-ngp's density activation)."""
+    return _TruncExp.apply(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldConfig:
+    """Widths of the NGP field; the grid spec is shared with the kernels."""
+
+    grid: HashGridSpec = HashGridSpec(n_levels=16, n_features=2, log2_table=17,
+                                      base_resolution=16, finest_resolution=2048)
+    hidden: int = 64
+    geo_features: int = 16      # density MLP outputs: log density + 15 features
+    color_hidden_layers: int = 2
+    sh_degree: int = 4
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form for checkpoints."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "FieldConfig":
+        """Inverse of :meth:`to_dict` (validates through the dataclasses)."""
+        d = dict(d)
+        d["grid"] = HashGridSpec(**d["grid"])
+        return FieldConfig(**d)
+
+
+def _mlp(n_in: int, hidden: int, n_hidden: int, n_out: int) -> nn.Sequential:
+    layers, width = [], n_in
+    for _ in range(n_hidden):
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+class NGPField(nn.Module):
+    """sigma, rgb = field(pos (M,3) in [0,1], dirs (M,3) unit); sigma (M,) >= 0, rgb (M,3) in (0,1)."""
+
+    def __init__(self, config: FieldConfig = FieldConfig(),
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.config = config
+        self.grid = ops.HashGrid(config.grid, generator=generator)
+        self.density_net = _mlp(config.grid.out_dim, config.hidden, 1, config.geo_features)
+        self.color_net = _mlp(config.geo_features + sh_dim(config.sh_degree), config.hidden,
+                              config.color_hidden_layers, 3)
+        if generator is not None:
+            # torch's default init draws from the global RNG; use ours for reproducibility
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    bound = 1.0 / m.in_features ** 0.5
+                    with torch.no_grad():
+                        m.weight.uniform_(-bound, bound, generator=generator)
+                        m.bias.uniform_(-bound, bound, generator=generator)
+
+    def density(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """pos (M,3) in [0,1] -> sigma (M,), geometry features (M, geo_features)."""
+        h = self.density_net(self.grid(pos))                            # [M, G]
+        return trunc_exp(h[:, 0]), h
+
+    def forward(self, pos: torch.Tensor, dirs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """pos (M,3) in [0,1], dirs (M,3) unit -> sigma (M,), rgb (M,3)."""
+        sigma, h = self.density(pos)
+        sh = ops.sh_encode(dirs, self.config.sh_degree)                 # [M, D^2]
+        rgb = torch.sigmoid(self.color_net(torch.cat([h, sh], dim=-1)))  # [M, 3]
+        return sigma, rgb
+
+    def mlp_parameters(self):
+        """(weights, biases) of the MLPs: weight decay applies to the weights only."""
+        weights, biases = [], []
+        for net in (self.density_net, self.color_net):
+            for name, p in net.named_parameters():
+                (weights if name.endswith("weight") else biases).append(p)
+        return weights, biases

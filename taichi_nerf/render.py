@@ -1,0 +1,67 @@
+"""Rays -> samples (occupancy-grid marching) -> field -> compositing; training and inference."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from taichi_nerf import ops
+from taichi_nerf.cameras import generate_rays, pixel_grid
+from taichi_nerf.field import NGPField
+from taichi_nerf.kernels.specs import MarchSpec
+from taichi_nerf.occupancy import OccupancyGrid
+
+T_THRESHOLD = 1e-4  # stop a ray once its transmittance drops below this (instant-ngp)
+
+
+class Renderer:
+    """Renders rays given in model space through a field and its occupancy grid."""
+
+    def __init__(self, field: NGPField, grid: OccupancyGrid, march: MarchSpec):
+        self.field, self.grid, self.march = field, grid, march
+        lo, hi = grid.spec.aabb
+        self.lo = lo[0]
+        self.size = hi[0] - lo[0]
+
+    def to_unit(self, pos: torch.Tensor) -> torch.Tensor:
+        """Model-space positions (M,3) -> hash-grid coordinates in [0,1]^3 over the model box."""
+        return ((pos - self.lo) / self.size).clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def density(self, pts: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
+        """sigma (K,) at model-space points (K,3), in chunks (for occupancy updates)."""
+        out = [self.field.density(self.to_unit(pts[i:i + chunk]).contiguous())[0]
+               for i in range(0, pts.shape[0], chunk)]
+        return torch.cat(out) if out else pts.new_zeros(0)
+
+    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
+                    bg: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """rays (R,3) model space, bg (R,3) -> rgb (R,3), depth (R,) model units, opacity (R,), n_samples."""
+        s = ops.march_rays(rays_o, rays_d, self.grid.bitfield, self.grid.spec, self.march)
+        sigma, rgb = self.field(self.to_unit(s.positions), s.dirs)
+        out_rgb, depth, opacity, n_used = ops.composite(sigma, rgb, s.t, s.dt, s.rays, bg,
+                                                        T_THRESHOLD)
+        return {"rgb": out_rgb, "depth": depth, "opacity": opacity,
+                "n_samples": s.n_samples, "n_used": n_used}
+
+    @torch.no_grad()
+    def render_image(self, c2w: torch.Tensor, intrinsics: torch.Tensor, distortion: torch.Tensor,
+                     width: int, height: int, bg: torch.Tensor,
+                     chunk: int = 1 << 14) -> Dict[str, torch.Tensor]:
+        """One view: c2w (3|4,4) model space, intrinsics (4,), distortion (4,), bg (3,)
+        -> rgb (H,W,3), depth (H,W) model units along the ray, opacity (H,W)."""
+        dev = self.grid.density.device
+        pix = pixel_grid(width, height, device=dev)
+        cam = torch.zeros(pix.shape[0], dtype=torch.int32, device=dev)
+        o, d = generate_rays(pix, cam, intrinsics.reshape(1, 4).contiguous(),
+                             distortion.reshape(1, 4).contiguous(),
+                             c2w[None, :3].contiguous())
+        outs = {"rgb": [], "depth": [], "opacity": []}
+        for i in range(0, o.shape[0], chunk):
+            oc, dc = o[i:i + chunk], d[i:i + chunk]
+            r = self.render_rays(oc, dc, bg.reshape(1, 3).expand(oc.shape[0], 3).contiguous())
+            for k in outs:
+                outs[k].append(r[k])
+        return {"rgb": torch.cat(outs["rgb"]).reshape(height, width, 3),
+                "depth": torch.cat(outs["depth"]).reshape(height, width),
+                "opacity": torch.cat(outs["opacity"]).reshape(height, width)}

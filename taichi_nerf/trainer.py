@@ -1,0 +1,343 @@
+"""Training loop: ray batches from posed images, Adam, occupancy updates, checkpoints, evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from taichi_nerf import runtime
+from taichi_nerf.cameras import generate_rays
+from taichi_nerf.checkpoint import (arrays_to_state_dict, load_checkpoint, save_checkpoint,
+                                    state_dict_to_arrays)
+from taichi_nerf.data import Dataset
+from taichi_nerf.data.scene import SceneTransform
+from taichi_nerf.field import FieldConfig, NGPField
+from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
+from taichi_nerf.metrics import psnr as psnr_fn
+from taichi_nerf.metrics import ssim as ssim_fn
+from taichi_nerf.occupancy import OccupancyGrid
+from taichi_nerf.render import Renderer
+
+CHECKPOINT_NAME = "checkpoint.npz"
+METRICS_NAME = "metrics.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became NaN/inf; no checkpoint is written from that state."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Trainer settings (saved in the checkpoint); defaults tuned for a 2-core CPU."""
+
+    steps: Optional[int] = None          # total steps, or
+    time: Optional[float] = None         # wall-clock budget in seconds (default: 2000 steps)
+    seed: int = 0
+    lr: float = 1e-2
+    lr_final_factor: float = 0.1         # lr decays exponentially over the second half
+    weight_decay: float = 1e-6           # L2 on MLP weights only
+    target_samples: int = 1 << 16        # samples per step; the ray count adapts to it
+    init_rays: int = 1 << 12
+    min_rays: int = 1 << 8
+    max_rays: int = 1 << 16
+    log2_table: int = 17
+    n_levels: int = 16
+    finest_resolution: int = 2048
+    occ_resolution: int = 128
+    occ_cells_per_update: int = 1 << 18
+    occ_warmup_steps: int = 256
+    max_samples_per_ray: int = 1024
+    eval_every: int = 0                  # validate every N steps (0: only at the end)
+
+    def budget_progress(self, step: int, elapsed: float) -> float:
+        """Fraction of the budget used, in [0, 1]."""
+        if self.time is not None:
+            return min(1.0, elapsed / self.time)
+        return min(1.0, step / self.total_steps)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of a step-budget run (2000 when neither steps nor time is given)."""
+        return self.steps if self.steps is not None else 2000
+
+    def done(self, step: int, elapsed: float) -> bool:
+        """True once the step or time budget is spent."""
+        if self.time is not None:
+            return elapsed >= self.time
+        return step >= self.total_steps
+
+
+def _specs(cfg: TrainConfig, aabb_scale: int):
+    grid = HashGridSpec(n_levels=cfg.n_levels, n_features=2, log2_table=cfg.log2_table,
+                        base_resolution=16,
+                        finest_resolution=min(cfg.finest_resolution * aabb_scale, 1 << 15))
+    occ = OccupancySpec(n_cascades=int(math.log2(aabb_scale)) + 1, resolution=cfg.occ_resolution)
+    march = MarchSpec.for_occupancy(occ, max_samples=cfg.max_samples_per_ray)
+    return FieldConfig(grid=grid), occ, march
+
+
+class Trainer:
+    """Holds the field, the occupancy grid, the optimizer and the training images."""
+
+    def __init__(self, dataset: Dataset, config: TrainConfig):
+        self.rt = runtime.current()
+        self.device = self.rt.torch_device
+        self.config = config
+        self.dataset = dataset
+        self.scene = dataset.scene
+        self.generator = torch.Generator().manual_seed(config.seed)
+        field_cfg, occ, march = _specs(config, dataset.aabb_scale)
+        self.field = NGPField(field_cfg, generator=self.generator).to(self.device)
+        self.grid = OccupancyGrid(occ, march, self.device, warmup_steps=config.occ_warmup_steps,
+                                  max_cells_per_update=config.occ_cells_per_update)
+        self.renderer = Renderer(self.field, self.grid, march)
+        weights, biases = self.field.mlp_parameters()
+        self.optimizer = torch.optim.Adam(
+            [{"params": [self.field.grid.table], "weight_decay": 0.0},
+             {"params": weights, "weight_decay": config.weight_decay},
+             {"params": biases, "weight_decay": 0.0}],
+            lr=config.lr, betas=(0.9, 0.99), eps=1e-15)
+        self.step = 0
+        self.elapsed = 0.0
+        self.n_rays = config.init_rays
+        self.samples_seen = 0
+        self.rays_seen = 0
+        self._set_images(dataset)
+
+    def _set_images(self, ds: Dataset) -> None:
+        d = self.device
+        n, h, w, c = ds.images.shape
+        self.pixels = torch.from_numpy(ds.images.reshape(-1, c)).to(d)       # [N*H*W, C]
+        self.poses = torch.from_numpy(ds.transform_poses()[:, :3]).contiguous().to(d)
+        self.intrinsics = torch.from_numpy(ds.intrinsics).contiguous().to(d)
+        self.distortion = torch.from_numpy(ds.distortion).contiguous().to(d)
+        self.shape = (n, h, w)
+
+    # ------------------------------------------------------------------ one step
+    def _batch(self, n_rays: int):
+        n, h, w = self.shape
+        g = self.generator
+        img = torch.randint(0, n, (n_rays,), generator=g)
+        x = torch.randint(0, w, (n_rays,), generator=g)
+        y = torch.randint(0, h, (n_rays,), generator=g)
+        flat = ((img * h + y) * w + x).to(self.device)
+        pix = torch.stack([x, y], -1).float().add_(0.5).to(self.device)
+        o, dirs = generate_rays(pix, img.to(torch.int32).to(self.device), self.intrinsics,
+                                self.distortion, self.poses)
+        target = self.pixels[flat]                                               # [R, C]
+        if target.shape[1] == 4:
+            # random background per ray: the field must learn alpha, not a colour
+            bg = torch.rand(n_rays, 3, generator=g).to(self.device)
+            a = target[:, 3:4]
+            target = target[:, :3] * a + bg * (1 - a)
+        else:
+            bg = torch.zeros(n_rays, 3, device=self.device)
+        return o, dirs, bg, target
+
+    def train_step(self) -> Dict[str, float]:
+        """One optimisation step; returns loss, psnr, rays and samples of the step."""
+        cfg = self.config
+        if self.grid.due(self.step):
+            self.grid.update(self.step, self.renderer.density, self.generator)
+        o, d, bg, target = self._batch(self.n_rays)
+        out = self.renderer.render_rays(o, d, bg)
+        loss = torch.nn.functional.mse_loss(out["rgb"], target)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        n_samples = out["n_samples"]
+        # adapt the ray count so that a step processes about target_samples samples
+        per_ray = max(n_samples / self.n_rays, 1.0)
+        self.n_rays = int(min(max(cfg.target_samples / per_ray, cfg.min_rays), cfg.max_rays))
+        self.samples_seen += n_samples
+        self.rays_seen += o.shape[0]
+        self.step += 1
+        mse = loss.item()
+        return {"loss": mse, "psnr": -10 * math.log10(max(mse, 1e-12)),
+                "rays": o.shape[0], "samples": n_samples}
+
+    def set_lr(self) -> None:
+        """Exponential decay to lr * lr_final_factor over the second half of the budget."""
+        p = self.config.budget_progress(self.step, self.elapsed)
+        f = self.config.lr_final_factor ** max(0.0, (p - 0.5) / 0.5)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * f
+
+    def check_finite(self) -> None:
+        """Raise TrainingDiverged if any parameter is NaN/inf."""
+        for name, p in self.field.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(f"parameter {name} became non-finite at step {self.step}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_config(self) -> Dict[str, Any]:
+        """JSON part of the checkpoint: everything needed to rebuild and resume."""
+        ds = self.dataset
+        return {
+            "kind": "taichi-nerf",
+            "train": dataclasses.asdict(self.config),
+            "field": self.field.config.to_dict(),
+            "occupancy": dataclasses.asdict(self.grid.spec),
+            "march": dataclasses.asdict(self.grid.march),
+            "scene": self.scene.to_dict(),
+            "background": None if ds.background is None else [float(v) for v in ds.background],
+            "has_alpha": bool(ds.has_alpha),
+            "width": ds.width, "height": ds.height,
+            "intrinsics": [float(v) for v in ds.intrinsics[0]],
+            "step": self.step, "elapsed": self.elapsed, "n_rays": self.n_rays,
+            "samples_seen": self.samples_seen, "rays_seen": self.rays_seen,
+            "occ_cursor": self.grid._cursor,
+        }
+
+    def save(self, path: Path) -> None:
+        """Write an atomic plain-data checkpoint (refuses a diverged state)."""
+        self.check_finite()
+        arrays = {}
+        arrays.update(state_dict_to_arrays("field", self.field.state_dict()))
+        arrays.update(state_dict_to_arrays("optim", self.optimizer.state_dict()))
+        arrays["occupancy/density"] = self.grid.density.cpu().numpy()
+        arrays["rng"] = self.generator.get_state().numpy()
+        save_checkpoint(path, self.checkpoint_config(), arrays)
+
+    def load(self, path: Path) -> None:
+        """Restore a checkpoint written by :meth:`save` of the same configuration."""
+        cfg, arrays = load_checkpoint(path, required_arrays=["occupancy/density", "rng"],
+                                      required_config=["step", "field", "train"])
+        self.field.load_state_dict(arrays_to_state_dict("field", arrays, self.device))
+        self.optimizer.load_state_dict(arrays_to_state_dict("optim", arrays, self.device))
+        self.grid.density = torch.from_numpy(arrays["occupancy/density"]).to(self.device)
+        self.grid._cursor = int(cfg.get("occ_cursor", 0))
+        self.grid.repack()
+        self.generator.set_state(torch.from_numpy(arrays["rng"]))
+        self.step, self.elapsed = int(cfg["step"]), float(cfg["elapsed"])
+        self.n_rays = int(cfg["n_rays"])
+        self.samples_seen, self.rays_seen = int(cfg["samples_seen"]), int(cfg["rays_seen"])
+
+
+def load_model(path: Path, device: Optional[torch.device] = None):
+    """Checkpoint -> (config dict, Renderer with trained field and occupancy grid, SceneTransform)."""
+    cfg, arrays = load_checkpoint(path, required_arrays=["occupancy/density"],
+                                  required_config=["field", "occupancy", "march", "scene"])
+    device = device or runtime.device()
+    try:
+        field_cfg = FieldConfig.from_dict(cfg["field"])
+        occ = OccupancySpec(**cfg["occupancy"])
+        march = MarchSpec(**cfg["march"])
+        scene = SceneTransform.from_dict(cfg["scene"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: checkpoint config is invalid: {e}") from None
+    field = NGPField(field_cfg).to(device)
+    field.load_state_dict(arrays_to_state_dict("field", arrays, device))
+    grid = OccupancyGrid(occ, march, device)
+    grid.density = torch.from_numpy(arrays["occupancy/density"]).to(device)
+    grid.repack()
+    field.eval()
+    return cfg, Renderer(field, grid, march), scene
+
+
+def evaluate(renderer: Renderer, ds: Dataset, progress: bool = False,
+             save_dir: Optional[Path] = None) -> Dict[str, float]:
+    """Render every view of `ds` (poses mapped with ds's scene transform) -> psnr, ssim, views, seconds_per_view."""
+    from tqdm import tqdm
+
+    device = renderer.grid.density.device
+    bg = ds.background if ds.background is not None else np.zeros(3, np.float32)
+    bg_t = torch.from_numpy(np.asarray(bg, np.float32)).to(device)
+    poses = torch.from_numpy(ds.transform_poses()).to(device)
+    psnrs, ssims, seconds = [], [], []
+    for i in tqdm(range(len(ds)), desc="eval", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        out = renderer.render_image(poses[i], torch.from_numpy(ds.intrinsics[i]).to(device),
+                                    torch.from_numpy(ds.distortion[i]).to(device),
+                                    ds.width, ds.height, bg_t)
+        seconds.append(time.perf_counter() - t0)
+        pred = out["rgb"].clamp(0, 1).cpu().numpy()
+        gt = ds.images[i]
+        if gt.shape[2] == 4:
+            gt = gt[..., :3] * gt[..., 3:] + bg * (1 - gt[..., 3:])
+        psnrs.append(psnr_fn(pred, gt))
+        ssims.append(ssim_fn(pred, gt))
+        if save_dir is not None:
+            import imageio.v3 as iio
+            save_dir.mkdir(parents=True, exist_ok=True)
+            iio.imwrite(save_dir / f"view_{i:03d}.png", (pred * 255 + 0.5).astype(np.uint8))
+    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "views": len(ds),
+            "seconds_per_view": float(np.mean(seconds))}
+
+
+def write_json(path: Path, data: Dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_training(trainer: Trainer, out_dir: Path, val: Optional[Dataset] = None,
+                 progress: bool = True, resume: bool = False,
+                 on_step=None) -> Dict[str, Any]:
+    """Train until the budget is spent; Ctrl-C saves and returns. Writes checkpoint + metrics.json."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / CHECKPOINT_NAME
+    if resume:
+        trainer.load(ckpt)
+    cfg = trainer.config
+    total = None if cfg.time is not None else cfg.total_steps
+    bar = tqdm(total=total, initial=trainer.step if total else 0, disable=not progress,
+               desc="train", unit="step", dynamic_ncols=True,
+               bar_format=None if total else "{desc}: {n} steps [{elapsed}] {postfix}")
+    interrupted = False
+    last = {}
+    history = []
+    start = time.perf_counter() - trainer.elapsed
+    try:
+        while not cfg.done(trainer.step, trainer.elapsed):
+            trainer.set_lr()
+            t0 = time.perf_counter()
+            last = trainer.train_step()
+            dt = time.perf_counter() - t0
+            trainer.elapsed = time.perf_counter() - start
+            if trainer.step % 10 == 0 or trainer.step == 1:
+                bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{last['psnr']:.2f}",
+                                samples_s=f"{last['samples'] / max(dt, 1e-9):.3g}",
+                                rays=last["rays"], refresh=False)
+            bar.update(1)
+            if on_step is not None:
+                on_step(trainer, last)
+            if val is not None and cfg.eval_every and trainer.step % cfg.eval_every == 0:
+                m = evaluate(trainer.renderer, val)
+                history.append({"step": trainer.step, **m})
+                bar.write(f"step {trainer.step}: val psnr {m['psnr']:.2f} ssim {m['ssim']:.4f}")
+    except KeyboardInterrupt:
+        interrupted = True
+        bar.write("interrupted: saving a checkpoint")
+    finally:
+        bar.close()
+    trainer.save(ckpt)
+    metrics: Dict[str, Any] = {
+        "steps": trainer.step, "train_seconds": trainer.elapsed,
+        "samples_per_second": trainer.samples_seen / max(trainer.elapsed, 1e-9),
+        "rays_per_second": trainer.rays_seen / max(trainer.elapsed, 1e-9),
+        "mean_samples_per_ray": trainer.samples_seen / max(trainer.rays_seen, 1),
+        "train_psnr_last_batch": last.get("psnr"), "interrupted": interrupted,
+        "occupied_fraction": trainer.grid.occupied_fraction,
+    }
+    if val is not None and not interrupted:
+        m = evaluate(trainer.renderer, val, progress=progress)
+        metrics.update(m)
+        metrics["val_views"] = m["views"]
+    if history:
+        metrics["history"] = history
+    write_json(out_dir / METRICS_NAME, metrics)
+    return metrics
