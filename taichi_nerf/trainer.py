@@ -14,8 +14,8 @@ import torch
 
 from taichi_nerf import runtime
 from taichi_nerf.cameras import generate_rays
-from taichi_nerf.checkpoint import (arrays_to_state_dict, load_checkpoint, save_checkpoint,
-                                    state_dict_to_arrays)
+from taichi_nerf.checkpoint import (CheckpointError, arrays_to_state_dict, load_checkpoint,
+                                    save_checkpoint, state_dict_to_arrays)
 from taichi_nerf.data import Dataset
 from taichi_nerf.data.scene import SceneTransform
 from taichi_nerf.field import FieldConfig, NGPField
@@ -74,6 +74,16 @@ class TrainConfig:
         return step >= self.total_steps
 
 
+def orbit_of(ds: Dataset) -> Dict[str, Any]:
+    """Where the training cameras are (world units): centre of the model box, mean radius, mean up."""
+    center = (0.5 - ds.scene_offset.astype(np.float64)) / ds.scene_scale
+    eyes = ds.poses[:, :3, 3].astype(np.float64)
+    up = ds.poses[:, :3, 1].astype(np.float64).mean(0)
+    up = up / max(np.linalg.norm(up), 1e-12)
+    return {"center": center.tolist(), "radius": float(np.linalg.norm(eyes - center, axis=1).mean()),
+            "up": up.tolist()}
+
+
 def _specs(cfg: TrainConfig, aabb_scale: int):
     grid = HashGridSpec(n_levels=cfg.n_levels, n_features=2, log2_table=cfg.log2_table,
                         base_resolution=16,
@@ -110,6 +120,7 @@ class Trainer:
         self.samples_seen = 0
         self.rays_seen = 0
         self._set_images(dataset)
+        self.orbit = orbit_of(dataset)
 
     def _set_images(self, ds: Dataset) -> None:
         d = self.device
@@ -196,6 +207,7 @@ class Trainer:
             "step": self.step, "elapsed": self.elapsed, "n_rays": self.n_rays,
             "samples_seen": self.samples_seen, "rays_seen": self.rays_seen,
             "occ_cursor": self.grid._cursor,
+            "orbit": self.orbit,
         }
 
     def save(self, path: Path) -> None:
@@ -234,9 +246,13 @@ def load_model(path: Path, device: Optional[torch.device] = None):
         march = MarchSpec(**cfg["march"])
         scene = SceneTransform.from_dict(cfg["scene"])
     except (TypeError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: checkpoint config is invalid: {e}") from None
+        raise CheckpointError(f"checkpoint {path}: config is invalid ({e})") from None
     field = NGPField(field_cfg).to(device)
-    field.load_state_dict(arrays_to_state_dict("field", arrays, device))
+    try:
+        field.load_state_dict(arrays_to_state_dict("field", arrays, device))
+    except RuntimeError as e:  # shape mismatch between config and arrays
+        raise CheckpointError(f"checkpoint {path}: parameters do not match its config "
+                              f"({str(e).splitlines()[0]})") from None
     grid = OccupancyGrid(occ, march, device)
     grid.density = torch.from_numpy(arrays["occupancy/density"]).to(device)
     grid.repack()

@@ -1,0 +1,240 @@
+"""`taichi-nerf` command line: train, eval, render, bench (argparse: standard, no extra dependency)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+BUILTIN = "builtin"
+DEFAULT_TIME = 150.0  # seconds: the built-in scene reaches >= 30 dB in this on 2 CPU cores
+
+
+class CLIError(Exception):
+    """A user-facing problem: printed as one line, exit code 2."""
+
+
+def _arch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default="auto", choices=["auto", "cpu", "cuda", "vulkan", "metal"],
+                   help="Taichi backend (default: auto = CUDA if available, else Metal on "
+                        "macOS, else CPU; Vulkan only when asked for)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="taichi-nerf",
+        description="Instant-NGP-style neural radiance fields on Taichi kernels "
+                    "(CPU, CUDA, Vulkan, Metal).")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a radiance field on posed images",
+                       description="Train on DATA (a Blender, instant-ngp, COLMAP or LLFF folder; "
+                                   "default: the built-in procedural scene). Writes RUN/"
+                                   "checkpoint.npz and RUN/metrics.json.")
+    t.add_argument("data", nargs="?", default=BUILTIN,
+                   help="dataset folder, or 'builtin' (default) for the built-in scene")
+    t.add_argument("--out", type=Path, default=None,
+                   help="run folder to write (default: runs/<data name>)")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="number of training steps")
+    budget.add_argument("--time", type=float,
+                        help=f"wall-clock training budget in seconds (default {DEFAULT_TIME:g} "
+                             f"when --steps is not given)")
+    t.add_argument("--downscale", type=int, default=1, help="shrink images by this integer factor")
+    t.add_argument("--holdout", type=int, default=8,
+                   help="for formats without splits: keep every K-th frame for validation "
+                        "(0: train and validate on all frames; default 8)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (runs are repeatable on CPU "
+                                                       "with --steps)")
+    t.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.npz")
+    t.add_argument("--eval-every", type=int, default=0, help="validate every N steps")
+    t.add_argument("--log2-table", type=int, default=None,
+                   help="hash table size per level, log2 (default 17)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _arch_arg(t)
+
+    e = sub.add_parser("eval", help="evaluate a trained run on a dataset",
+                       description="Render every view of a split of DATA with the run's model "
+                                   "and report PSNR and SSIM.")
+    e.add_argument("run", type=Path, help="run folder written by `train`")
+    e.add_argument("--data", default=BUILTIN, help="dataset folder (default: built-in scene)")
+    e.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
+    e.add_argument("--downscale", type=int, default=1)
+    e.add_argument("--json", type=Path, help="write {psnr, ssim, views, seconds_per_view} here")
+    e.add_argument("--save-images", type=Path, help="also write the rendered views as PNGs here")
+    e.add_argument("--quiet", action="store_true")
+    _arch_arg(e)
+
+    r = sub.add_parser("render", help="render views of a trained run",
+                       description="Render an orbit around the scene, or the cameras of a "
+                                   "dataset, to PNG frames (a folder) or a .gif / .mp4 file.")
+    r.add_argument("run", type=Path)
+    r.add_argument("--out", type=Path, required=True, help="folder for PNGs, or FILE.gif/.mp4")
+    r.add_argument("--path", default="orbit",
+                   help="'orbit' (default) or a dataset folder whose cameras to render")
+    r.add_argument("--split", default="test", help="split of --path DATA (default test)")
+    r.add_argument("--frames", type=int, default=60, help="orbit frames (default 60)")
+    r.add_argument("--width", type=int, help="image width (default: the training width)")
+    r.add_argument("--height", type=int, help="image height (default: the training height)")
+    r.add_argument("--elevation", type=float, default=30.0, help="orbit elevation in degrees")
+    r.add_argument("--mode", default="rgb", choices=["rgb", "depth", "opacity"])
+    r.add_argument("--fps", type=int, default=24)
+    r.add_argument("--quiet", action="store_true")
+    _arch_arg(r)
+
+    b = sub.add_parser("bench", help="measure kernel and training speed",
+                       description="Kernel benchmark (Taichi vs the pure-torch reference) and a "
+                                   "short training run on the built-in scene; prints Markdown "
+                                   "for BENCHMARKS.md.")
+    b.add_argument("--quick", action="store_true", help="small sizes, kernels only (< 1 min)")
+    b.add_argument("--kernels", action="store_true", help="kernel benchmark only")
+    b.add_argument("--training", action="store_true", help="training benchmark only")
+    b.add_argument("--time", type=float, default=60.0, help="training budget in seconds")
+    b.add_argument("--json", type=Path, help="also write the raw results here")
+    _arch_arg(b)
+    return ap
+
+
+def _init(arch: str):
+    from taichi_nerf import runtime
+    return runtime.init(arch, verbose=True)
+
+
+def _resolve_data(data: str, quiet: bool) -> Path:
+    if data == BUILTIN:
+        from taichi_nerf.data.builtin import ensure_builtin_scene
+        return ensure_builtin_scene(progress=not quiet)
+    return Path(data)
+
+
+def _positive(name: str, value: Optional[float]) -> None:
+    if value is not None and value <= 0:
+        raise CLIError(f"--{name} must be > 0, got {value}")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from taichi_nerf.data import DataError, detect_format, load_dataset
+    from taichi_nerf.trainer import TrainConfig, Trainer, run_training
+
+    _positive("steps", a.steps)
+    _positive("time", a.time)
+    out = a.out or Path("runs") / (BUILTIN if a.data == BUILTIN else Path(a.data).resolve().name)
+    if a.resume and not (out / "checkpoint.npz").exists():
+        raise CLIError(f"{out / 'checkpoint.npz'}: no checkpoint to resume from")
+    root = _resolve_data(a.data, a.quiet)
+    fmt = detect_format(root)
+    train = load_dataset(root, "train", a.downscale, a.holdout)
+    if fmt == "blender":
+        try:
+            val = load_dataset(root, "test" if a.data == BUILTIN else "val", a.downscale,
+                               scene=train.scene)
+        except DataError:
+            val = load_dataset(root, "test", a.downscale, scene=train.scene)
+    else:
+        val = load_dataset(root, "val", a.downscale, a.holdout, scene=train.scene)
+    _init(a.arch)
+    cfg = TrainConfig(steps=a.steps, time=a.time if a.time or a.steps else DEFAULT_TIME,
+                      seed=a.seed, eval_every=a.eval_every)
+    if a.log2_table is not None:
+        cfg.log2_table = a.log2_table
+    trainer = Trainer(train, cfg)
+    if not a.quiet:
+        print(f"training on {root} ({fmt}, {len(train)} images {train.width}x{train.height}, "
+              f"{len(val)} validation views) -> {out}")
+    m = run_training(trainer, out, val=val, progress=not a.quiet, resume=a.resume)
+    if m.get("interrupted"):
+        print(f"stopped at step {m['steps']}; checkpoint saved in {out} (continue with --resume)")
+        return 130
+    print(f"done: {m['steps']} steps in {m['train_seconds']:.1f} s, "
+          f"{m['samples_per_second'] / 1e3:.0f}k samples/s, "
+          f"{m['mean_samples_per_ray']:.1f} samples/ray; validation PSNR {m['psnr']:.2f} dB, "
+          f"SSIM {m['ssim']:.4f} on {m['views']} views; wrote {out / 'metrics.json'}")
+    return 0
+
+
+def _load_run(run: Path):
+    from taichi_nerf.trainer import CHECKPOINT_NAME, load_model
+    if not run.exists():
+        raise CLIError(f"{run}: run folder not found (train one with `taichi-nerf train --out {run}`)")
+    ckpt = run / CHECKPOINT_NAME if run.is_dir() else run
+    return load_model(ckpt)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from taichi_nerf.data import load_dataset
+    from taichi_nerf.trainer import evaluate, write_json
+
+    rt = _init(a.arch)
+    cfg, renderer, scene = _load_run(a.run)
+    root = _resolve_data(a.data, a.quiet)
+    ds = load_dataset(root, a.split, a.downscale, scene=scene)
+    if ds.background is None and cfg.get("background") is not None:
+        ds.background = __import__("numpy").asarray(cfg["background"], "float32")
+    m = evaluate(renderer, ds, progress=not a.quiet, save_dir=a.save_images)
+    print(f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['views']} views "
+          f"({m['seconds_per_view']:.2f} s/view, {rt.arch})")
+    if a.json:
+        write_json(a.json, m)
+    return 0
+
+
+def cmd_render(a: argparse.Namespace) -> int:
+    from taichi_nerf.render_cli import render_frames
+
+    _init(a.arch)
+    cfg, renderer, scene = _load_run(a.run)
+    render_frames(a, cfg, renderer, scene)
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import json
+
+    from taichi_nerf.bench.kernels import format_markdown, run_kernel_benchmark
+
+    rt = _init(a.arch)
+    results = {}
+    kernels = a.kernels or a.quick or not a.training
+    training = (a.training or not a.kernels) and not a.quick
+    if kernels:
+        cmd = "taichi-nerf bench" + (" --quick" if a.quick else " --kernels")
+        res = run_kernel_benchmark(arch=rt.arch, quick=a.quick, command=cmd)
+        results["kernels"] = res
+        print(format_markdown(res))
+    if training:
+        from taichi_nerf.bench.training import format_training_markdown, run_training_benchmark
+        res = run_training_benchmark(time_budget=a.time)
+        results["training"] = res
+        print(format_training_markdown(res))
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `taichi-nerf` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    from taichi_nerf.checkpoint import CheckpointError
+    from taichi_nerf.data import DataError
+    from taichi_nerf.runtime import ArchUnavailableError
+    from taichi_nerf.trainer import TrainingDiverged
+
+    handlers = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "bench": cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except (CLIError, DataError, CheckpointError, ArchUnavailableError) as e:
+        print(f"taichi-nerf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"taichi-nerf {args.command}: error: training diverged ({e}); no checkpoint was "
+              f"written from the broken state — try a lower learning rate or another --seed",
+              file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"taichi-nerf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
