@@ -1,0 +1,167 @@
+"""Torch-free rendering of a trained checkpoint: every step a Taichi kernel, arrays in Taichi.
+
+Used where torch cannot run on the device (Vulkan, Metal previews) and by
+simulation code. The pipeline is the training renderer's: camera rays ->
+occupancy-grid marching -> hash grid -> density MLP -> SH + colour MLP ->
+compositing, with the MLPs as :mod:`kernels.mlp` kernels.
+"""
+from typing import Dict, List, Tuple
+
+import numpy as np
+import taichi as ti
+
+from . import composite as composite_k
+from . import mlp as mlp_k
+from .camera import generate_rays
+from .hash_grid import hash_grid_kernels
+from .march import march_kernels
+from .sh import sh_kernels
+from .specs import HashGridSpec, MarchSpec, OccupancySpec
+
+T_THRESHOLD = 1e-4
+
+
+def read_checkpoint(path: str) -> Tuple[Dict, Dict[str, np.ndarray]]:
+    """(config, arrays) of a taichi-nerf checkpoint, read with numpy only (no torch, no pickle)."""
+    from taichi_nerf.checkpoint import load_checkpoint  # numpy-only module
+    return load_checkpoint(path, required_arrays=["field/grid.table", "occupancy/density"],
+                           required_config=["field", "occupancy", "march", "scene"])
+
+
+def _linear_layers(arrays: Dict[str, np.ndarray], prefix: str) -> List[Tuple[np.ndarray, np.ndarray]]:
+    idx = sorted({int(k[len(prefix):].split(".")[0]) for k in arrays
+                  if k.startswith(prefix) and k.endswith(".weight")})
+    return [(arrays[f"{prefix}{i}.weight"], arrays[f"{prefix}{i}.bias"]) for i in idx]
+
+
+@ti.kernel
+def _to_unit(pos: ti.types.ndarray(dtype=ti.f32, ndim=2), lo: ti.f32, inv_size: ti.f32,
+             out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    for i, k in ti.ndrange(pos.shape[0], 3):
+        out[i, k] = ti.math.clamp((pos[i, k] - lo) * inv_size, 0.0, 1.0)
+
+
+@ti.kernel
+def _fill_rows(a: ti.types.ndarray(dtype=ti.f32, ndim=2), v: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    for i, k in ti.ndrange(a.shape[0], a.shape[1]):
+        a[i, k] = v[k]
+
+
+class NerfModel:
+    """A trained radiance field held in Taichi ndarrays; renders images without torch."""
+
+    def __init__(self, config: Dict, arrays: Dict[str, np.ndarray]):
+        f = config["field"]
+        self.grid_spec = HashGridSpec(**f["grid"])
+        self.sh_degree = int(f["sh_degree"])
+        self.occ = OccupancySpec(**config["occupancy"])
+        self.march = MarchSpec(**config["march"])
+        self.scene_scale = float(config["scene"]["scale"])
+        self.scene_offset = np.asarray(config["scene"]["offset"], np.float32)
+        self.background = np.asarray(config.get("background") or [0, 0, 0], np.float32)
+        self.config = config
+        table = np.ascontiguousarray(arrays["field/grid.table"], np.float32)
+        if table.shape != (self.grid_spec.n_params, self.grid_spec.n_features):
+            raise ValueError(f"hash table shape {table.shape} does not match the config")
+        self.table = self._upload(table)
+        self.density_layers = [(self._upload(w), self._upload(b))
+                               for w, b in _linear_layers(arrays, "field/density_net.")]
+        self.color_layers = [(self._upload(w), self._upload(b))
+                             for w, b in _linear_layers(arrays, "field/color_net.")]
+        density = np.asarray(arrays["occupancy/density"], np.float32)
+        self.bitfield = ti.ndarray(ti.i32, shape=(self.occ.n_words,))
+        from .occupancy import pack_bitfield
+        visited = density[density >= 0]
+        thr = min(0.01, float(visited.mean()) if visited.size else 0.01)
+        pack_bitfield(density, thr, self.bitfield)
+        lo, hi = self.occ.aabb
+        self.lo, self.size = lo[0], hi[0] - lo[0]
+
+    @staticmethod
+    def _upload(a: np.ndarray):
+        a = np.ascontiguousarray(a, np.float32)
+        nd = ti.ndarray(ti.f32, shape=a.shape)
+        nd.from_numpy(a)
+        return nd
+
+    @classmethod
+    def load(cls, path: str) -> "NerfModel":
+        """Load a checkpoint written by `taichi-nerf train` (call runtime/ti init first)."""
+        return cls(*read_checkpoint(path))
+
+    def world_to_model(self, c2w_world: np.ndarray) -> np.ndarray:
+        """World camera-to-world (4,4) -> model space (rotation kept, position scaled + offset)."""
+        m = np.array(c2w_world, np.float32, copy=True)
+        m[:3, 3] = m[:3, 3] * self.scene_scale + self.scene_offset
+        return m
+
+    def field(self, pos, dirs) -> Tuple[object, object]:
+        """Model-space positions, unit dirs (M,3) ndarrays -> sigma (M,), rgb (M,3) ndarrays."""
+        M = pos.shape[0]
+        unit = ti.ndarray(ti.f32, shape=(M, 3))
+        _to_unit(pos, self.lo, 1.0 / self.size, unit)
+        enc = ti.ndarray(ti.f32, shape=(M, self.grid_spec.out_dim))
+        hash_grid_kernels(self.grid_spec).forward(unit, self.table, enc)
+        alloc = lambda shape: ti.ndarray(ti.f32, shape=shape)  # noqa: E731
+        n_d = len(self.density_layers)
+        h = mlp_k.mlp_forward(enc, self.density_layers, ["relu"] * (n_d - 1) + ["none"], alloc)
+        sigma = ti.ndarray(ti.f32, shape=(M,))
+        mlp_k.column_activation(h, 0, sigma, "exp")
+        sh = ti.ndarray(ti.f32, shape=(M, self.sh_degree ** 2))
+        sh_kernels(self.sh_degree).encode(dirs, sh)
+        x = ti.ndarray(ti.f32, shape=(M, h.shape[1] + sh.shape[1]))
+        mlp_k.concat_columns(h, sh, x)
+        n_c = len(self.color_layers)
+        rgb = mlp_k.mlp_forward(x, self.color_layers, ["relu"] * (n_c - 1) + ["sigmoid"], alloc)
+        return sigma, rgb
+
+    def render_rays(self, rays_o, rays_d, bg: np.ndarray) -> Dict[str, np.ndarray]:
+        """Model-space rays (R,3) ndarrays, bg (3,) -> numpy rgb (R,3), depth (R,), opacity (R,)."""
+        R = rays_o.shape[0]
+        k = march_kernels(self.occ, self.march)
+        counts = ti.ndarray(ti.i32, shape=(R,))
+        k.count(rays_o, rays_d, self.bitfield, counts)
+        c = counts.to_numpy()
+        starts_np = (np.cumsum(c) - c).astype(np.int32)
+        M = int(c.sum())
+        rgb = ti.ndarray(ti.f32, shape=(R, 3))
+        depth = ti.ndarray(ti.f32, shape=(R,))
+        opacity = ti.ndarray(ti.f32, shape=(R,))
+        bg_rows = ti.ndarray(ti.f32, shape=(R, 3))
+        _fill_rows(bg_rows, np.asarray(bg, np.float32))
+        if M == 0:
+            return {"rgb": np.broadcast_to(np.asarray(bg, np.float32), (R, 3)).copy(),
+                    "depth": np.zeros(R, np.float32), "opacity": np.zeros(R, np.float32)}
+        starts = ti.ndarray(ti.i32, shape=(R,))
+        starts.from_numpy(starts_np)
+        t = ti.ndarray(ti.f32, shape=(M,))
+        dt = ti.ndarray(ti.f32, shape=(M,))
+        pos = ti.ndarray(ti.f32, shape=(M, 3))
+        dirs = ti.ndarray(ti.f32, shape=(M, 3))
+        ray_index = ti.ndarray(ti.i32, shape=(M,))
+        k.fill(rays_o, rays_d, self.bitfield, starts, t, dt, pos, dirs, ray_index)
+        sigma, colour = self.field(pos, dirs)
+        rays = ti.ndarray(ti.i32, shape=(R, 2))
+        rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))
+        n_used = ti.ndarray(ti.i32, shape=(R,))
+        composite_k.composite_forward(sigma, colour, t, dt, rays, bg_rows, T_THRESHOLD,
+                                      rgb, depth, opacity, n_used)
+        return {"rgb": rgb.to_numpy(), "depth": depth.to_numpy(), "opacity": opacity.to_numpy()}
+
+    def render_image(self, c2w_model: np.ndarray, intrinsics, width: int, height: int,
+                     bg=None, distortion=(0.0, 0.0, 0.0, 0.0)) -> Dict[str, np.ndarray]:
+        """One view: c2w (4,4) model space, intrinsics fx fy cx cy -> rgb (H,W,3), depth, opacity (H,W)."""
+        j, i = np.meshgrid(np.arange(height, dtype=np.float32) + 0.5,
+                           np.arange(width, dtype=np.float32) + 0.5, indexing="ij")
+        pix = np.stack([i.ravel(), j.ravel()], -1)
+        R = pix.shape[0]
+        rays_o = ti.ndarray(ti.f32, shape=(R, 3))
+        rays_d = ti.ndarray(ti.f32, shape=(R, 3))
+        generate_rays(pix, np.zeros(R, np.int32), np.asarray(intrinsics, np.float32).reshape(1, 4),
+                      np.asarray(distortion, np.float32).reshape(1, 4),
+                      np.ascontiguousarray(np.asarray(c2w_model, np.float32)[None, :3]),
+                      rays_o, rays_d)
+        out = self.render_rays(rays_o, rays_d, self.background if bg is None else bg)
+        return {"rgb": out["rgb"].reshape(height, width, 3),
+                "depth": out["depth"].reshape(height, width),
+                "opacity": out["opacity"].reshape(height, width)}
