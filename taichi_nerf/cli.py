@@ -114,11 +114,15 @@ def _positive(name: str, value: Optional[float]) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from taichi_nerf.data import DataError, detect_format, load_dataset
+    from taichi_nerf.data import detect_format, load_dataset
+    from taichi_nerf.data.blender import split_files
+    from taichi_nerf.kernels.specs import MAX_LOG2_TABLE
     from taichi_nerf.trainer import TrainConfig, Trainer, run_training
 
     _positive("steps", a.steps)
     _positive("time", a.time)
+    if a.log2_table is not None and not 4 <= a.log2_table <= MAX_LOG2_TABLE:
+        raise CLIError(f"--log2-table must be in [4, {MAX_LOG2_TABLE}], got {a.log2_table}")
     out = a.out or Path("runs") / (BUILTIN if a.data == BUILTIN else Path(a.data).resolve().name)
     if a.resume and not (out / "checkpoint.npz").exists():
         raise CLIError(f"{out / 'checkpoint.npz'}: no checkpoint to resume from")
@@ -126,13 +130,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     fmt = detect_format(root)
     train = load_dataset(root, "train", a.downscale, a.holdout)
     if fmt == "blender":
-        try:
-            val = load_dataset(root, "test" if a.data == BUILTIN else "val", a.downscale,
-                               scene=train.scene)
-        except DataError:
-            val = load_dataset(root, "test", a.downscale, scene=train.scene)
+        # validate on val, or on test when there is no val split; a broken val split is an error
+        vsplit = "val" if a.data != BUILTIN and "val" in split_files(root) else "test"
+        val = load_dataset(root, vsplit, a.downscale, scene=train.scene)
     else:
         val = load_dataset(root, "val", a.downscale, a.holdout, scene=train.scene)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
     _init(a.arch)
     cfg = TrainConfig(steps=a.steps, time=a.time if a.time or a.steps else DEFAULT_TIME,
                       seed=a.seed, eval_every=a.eval_every)
@@ -165,6 +171,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from taichi_nerf.data import load_dataset
     from taichi_nerf.trainer import evaluate, write_json
 
+    if a.json and not a.json.parent.is_dir():
+        raise CLIError(f"{a.json}: cannot write --json, folder {a.json.parent} does not exist")
+    if a.save_images:
+        try:
+            a.save_images.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CLIError(f"{a.save_images}: cannot create the --save-images folder "
+                           f"({e.strerror or e})") from None
     rt = _init(a.arch)
     cfg, renderer, scene = _load_run(a.run)
     root = _resolve_data(a.data, a.quiet)
@@ -175,7 +189,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     print(f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['views']} views "
           f"({m['seconds_per_view']:.2f} s/view, {rt.arch})")
     if a.json:
-        write_json(a.json, m)
+        try:
+            write_json(a.json, m)
+        except OSError as e:
+            raise CLIError(f"{a.json}: cannot write ({e.strerror or e})") from None
     return 0
 
 

@@ -49,8 +49,9 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
 
     width, height = int(cfg["width"]), int(cfg["height"])
     W, H = a.width or width, a.height or height
-    if W <= 0 or H <= 0 or a.frames <= 0:
-        raise CLIError("--width, --height and --frames must be > 0")
+    if W <= 0 or H <= 0 or a.frames <= 0 or a.fps <= 0:
+        raise CLIError("--width, --height, --frames and --fps must be > 0")
+    check_video_destination(a.out)  # fail before rendering, not after
     fx, fy, cx, cy = cfg["intrinsics"]
     sx, sy = W / width, H / height
     intr = np.tile(np.array([fx * sx, fy * sy, cx * sx, cy * sy], np.float32), (a.frames, 1))
@@ -80,6 +81,18 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
         print(f"wrote {len(frames)} {a.mode} frames ({W}x{H}) to {a.out}")
 
 
+def check_video_destination(out: Path) -> None:
+    """CLIError unless a .gif/.mp4 `out` can be created (imageio would fail late and noisily)."""
+    from taichi_nerf.cli import CLIError
+
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        return
+    if not out.parent.is_dir():
+        raise CLIError(f"{out}: cannot write video, {out.parent} is not an existing folder")
+    if out.is_dir():
+        raise CLIError(f"{out}: cannot write video, a folder has this name")
+
+
 def write_frames(out: Path, frames, fps: int) -> None:
     """PNG files in a folder, or one .gif/.mp4 file (by suffix)."""
     import imageio.v3 as iio
@@ -87,8 +100,7 @@ def write_frames(out: Path, frames, fps: int) -> None:
     from taichi_nerf.cli import CLIError
 
     if out.suffix.lower() in VIDEO_SUFFIXES:
-        if not out.parent.exists():
-            raise CLIError(f"{out.parent}: folder does not exist")
+        check_video_destination(out)
         try:
             if out.suffix.lower() == ".gif":
                 iio.imwrite(out, np.stack(frames), duration=1000 / fps, loop=0)

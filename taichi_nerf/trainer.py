@@ -218,6 +218,7 @@ class Trainer:
         arrays.update(state_dict_to_arrays("optim", self.optimizer.state_dict()))
         arrays["occupancy/density"] = self.grid.density.cpu().numpy()
         arrays["rng"] = self.generator.get_state().numpy()
+        arrays["cameras/poses"] = self.dataset.poses  # world c2w: viewer snapping, overlays
         save_checkpoint(path, self.checkpoint_config(), arrays)
 
     def load(self, path: Path) -> None:
