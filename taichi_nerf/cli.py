@@ -52,7 +52,37 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--log2-table", type=int, default=None,
                    help="hash table size per level, log2 (default 17)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--view", action="store_true",
+                   help="watch training live in a GGUI window (training continues without "
+                        "the window once it is closed, until the budget is spent)")
     _arch_arg(t)
+
+    v = sub.add_parser("view", help="live GGUI viewer of a run, or of training in the loop",
+                       description="Open RUN (a folder written by `train`) in a window: drag "
+                                   "with the left mouse button to orbit, right to pan; W/A/S/D/"
+                                   "Q/E fly, =/- zoom, 1/2/3 rgb/depth/opacity, C cameras, "
+                                   "O occupancy grid, R reset to a dataset camera, N nearest "
+                                   "training view, P screenshot, H panel, space pauses "
+                                   "training. With --train, DATA is trained between frames.")
+    v.add_argument("source", nargs="?", default=BUILTIN,
+                   help="run folder, or with --train a dataset folder / 'builtin'")
+    v.add_argument("--train", action="store_true", help="train SOURCE (a dataset) in the loop")
+    v.add_argument("--headless", action="store_true",
+                   help="render offscreen (no display needed), for tests and servers")
+    v.add_argument("--frames", type=int, help="stop after N frames (default: until closed)")
+    v.add_argument("--screenshot", type=Path, help="save the last frame as PNG")
+    v.add_argument("--width", type=int, help="window width (default: the training width)")
+    v.add_argument("--height", type=int, help="window height (default: the training height)")
+    v.add_argument("--steps-per-frame", type=int, default=4)
+    v.add_argument("--out", type=Path, default=None, help="with --train: run folder to write")
+    vb = v.add_mutually_exclusive_group()
+    vb.add_argument("--steps", type=int)
+    vb.add_argument("--time", type=float)
+    v.add_argument("--downscale", type=int, default=1)
+    v.add_argument("--holdout", type=int, default=8)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--quiet", action="store_true")
+    _arch_arg(v)
 
     e = sub.add_parser("eval", help="evaluate a trained run on a dataset",
                        description="Render every view of a split of DATA with the run's model "
@@ -113,11 +143,12 @@ def _positive(name: str, value: Optional[float]) -> None:
         raise CLIError(f"--{name} must be > 0, got {value}")
 
 
-def cmd_train(a: argparse.Namespace) -> int:
+def _prepare_training(a: argparse.Namespace):
+    """Load data, init the runtime and build the Trainer -> (trainer, val, out)."""
     from taichi_nerf.data import detect_format, load_dataset
     from taichi_nerf.data.blender import split_files
     from taichi_nerf.kernels.specs import MAX_LOG2_TABLE
-    from taichi_nerf.trainer import TrainConfig, Trainer, run_training
+    from taichi_nerf.trainer import TrainConfig, Trainer
 
     _positive("steps", a.steps)
     _positive("time", a.time)
@@ -148,7 +179,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not a.quiet:
         print(f"training on {root} ({fmt}, {len(train)} images {train.width}x{train.height}, "
               f"{len(val)} validation views) -> {out}")
-    m = run_training(trainer, out, val=val, progress=not a.quiet, resume=a.resume)
+    return trainer, val, out
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from taichi_nerf.trainer import run_training
+
+    trainer, val, out = _prepare_training(a)
+    resume = a.resume
+    if a.view:
+        from taichi_nerf.viewer import viewer_for_training
+        if resume:
+            trainer.load(out / "checkpoint.npz")
+            resume = False
+        viewer = viewer_for_training(trainer, headless=False)
+        viewer.run()  # trains between frames until the budget is spent or the window closes
+    m = run_training(trainer, out, val=val, progress=not a.quiet, resume=resume)
     if m.get("interrupted"):
         print(f"stopped at step {m['steps']}; checkpoint saved in {out} (continue with --resume)")
         return 130
@@ -205,6 +251,41 @@ def cmd_render(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(a: argparse.Namespace) -> int:
+    from taichi_nerf.viewer import viewer_for_run, viewer_for_training
+
+    if a.frames is not None and a.frames <= 0:
+        raise CLIError(f"--frames must be > 0, got {a.frames}")
+    if a.headless and a.frames is None:
+        raise CLIError("--headless needs --frames N (there is no window to close)")
+    if a.screenshot is not None and not a.screenshot.parent.is_dir():
+        raise CLIError(f"{a.screenshot.parent}: folder does not exist (for --screenshot)")
+    if a.train:
+        a.data, a.resume, a.eval_every, a.log2_table = a.source, False, 0, None
+        trainer, val, out = _prepare_training(a)
+        viewer = viewer_for_training(trainer, a.headless, a.width, a.height)
+        viewer.steps_per_frame = a.steps_per_frame
+        viewer.run(frames=a.frames, screenshot=a.screenshot)
+        trainer.save(out / "checkpoint.npz")
+        if viewer.history and not a.quiet:
+            print(f"trained {trainer.step} steps; training PSNR {viewer.history[0][1]:.2f} -> "
+                  f"{viewer.history[-1][1]:.2f} dB; checkpoint in {out}")
+        return 0
+    run = Path(a.source)
+    if a.source == BUILTIN or not run.exists():
+        raise CLIError(f"{a.source}: no such run folder (view a folder written by "
+                       f"`taichi-nerf train --out RUN`, or add --train to train a dataset live)")
+    if run.is_dir() and not (run / "checkpoint.npz").exists():
+        raise CLIError(f"{run}: no checkpoint.npz in this folder (for a dataset folder, add "
+                       f"--train)")
+    rt = _init(a.arch)
+    viewer = viewer_for_run(run, rt.arch, a.headless, a.width, a.height)
+    viewer.run(frames=a.frames, screenshot=a.screenshot)
+    if a.screenshot is not None and not a.quiet:
+        print(f"wrote {a.screenshot}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     import json
 
@@ -236,11 +317,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from taichi_nerf.data import DataError
     from taichi_nerf.runtime import ArchUnavailableError
     from taichi_nerf.trainer import TrainingDiverged
+    from taichi_nerf.viewer import ViewerError
 
-    handlers = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "bench": cmd_bench}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view,
+                "bench": cmd_bench}
     try:
         return handlers[args.command](args)
-    except (CLIError, DataError, CheckpointError, ArchUnavailableError) as e:
+    except (CLIError, DataError, CheckpointError, ArchUnavailableError, ViewerError) as e:
         print(f"taichi-nerf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

@@ -195,13 +195,22 @@ class Viewer:
         self._dirty = True
         self._cursor = None
         self.window = None
+        self.history = []  # (step, training-batch PSNR) while training in the loop
         if dataset_poses is not None and len(dataset_poses):
             self.camera.look_from(dataset_poses[0])
 
     # ----------------------------------------------------------------- window
     def open(self) -> None:
         """Create the GGUI window (offscreen when headless)."""
+        import os
+        import sys
+
         import taichi as ti
+        if (not self.headless and sys.platform.startswith("linux")
+                and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))):
+            # GLFW would print an error and end the process; say what to do instead
+            raise ViewerError("cannot open a window: no display (DISPLAY is not set); "
+                              "use --headless to render offscreen")
         try:
             self.window = ti.ui.Window("taichi-nerf", (self.width, self.height), vsync=False,
                                        show_window=not self.headless)
@@ -349,13 +358,20 @@ class Viewer:
     # ----------------------------------------------------------------- loop
     def train_some(self) -> None:
         """Run steps_per_frame training steps and update the stats."""
+        tr = self.trainer
         t0 = time.perf_counter()
         samples = 0
         for _ in range(self.steps_per_frame):
-            self.trainer.set_lr()
-            m = self.trainer.train_step()
+            if tr.config.done(tr.step, tr.elapsed):
+                self.training = False  # budget spent: keep showing the result
+                break
+            t_step = time.perf_counter()
+            tr.set_lr()
+            m = tr.train_step()
+            tr.elapsed += time.perf_counter() - t_step
             samples += m["samples"]
-            self.stats.update(step=self.trainer.step, loss=m["loss"], psnr=m["psnr"])
+            self.stats.update(step=tr.step, loss=m["loss"], psnr=m["psnr"])
+            self.history.append((tr.step, m["psnr"]))
         self.stats["samples_per_s"] = samples / max(time.perf_counter() - t0, 1e-9)
         self._dirty = True
 
