@@ -72,6 +72,9 @@ def composite_backward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
                        rays: ti.types.ndarray(dtype=ti.i32, ndim=2),
                        n_used: ti.types.ndarray(dtype=ti.i32, ndim=1),
                        bg: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                       out_rgb: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                       out_depth: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                       out_opacity: ti.types.ndarray(dtype=ti.f32, ndim=1),
                        grad_rgb: ti.types.ndarray(dtype=ti.f32, ndim=2),
                        grad_depth: ti.types.ndarray(dtype=ti.f32, ndim=1),
                        grad_opacity: ti.types.ndarray(dtype=ti.f32, ndim=1),
@@ -81,21 +84,16 @@ def composite_backward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
 
     With v_i = g_rgb.(rgb_i - bg) + g_depth * t_i + g_opacity, the loss changes by
     dL/drgb_i = w_i g_rgb and dL/dsigma_i = dt_i (T_{i+1} v_i - sum_{j>i} w_j v_j).
-    Samples past n_used get zero gradient.
+    The total sum_j w_j v_j comes from the forward outputs
+    (= g_rgb.(out_rgb - bg) + g_depth * depth + g_opacity * opacity), so one pass
+    over the samples suffices. Samples past n_used get zero gradient.
     """
     for r in range(rays.shape[0]):
         start, count, n = rays[r, 0], rays[r, 1], n_used[r]
         g = _ray_vec(grad_rgb, r)
         b = _ray_vec(bg, r)
         gd, go = grad_depth[r], grad_opacity[r]
-        # first pass: total = sum_j w_j v_j
-        T = 1.0
-        total = 0.0
-        for k in range(n):
-            s = start + k
-            w, T = accumulate_sample(T, sigmas[s], dts[s])
-            total += w * (g.dot(_ray_vec(rgbs, s) - b) + gd * ts[s] + go)
-        # second pass: suffix sums as total minus the running prefix
+        total = g.dot(_ray_vec(out_rgb, r) - b) + gd * out_depth[r] + go * out_opacity[r]
         T = 1.0
         prefix = 0.0
         for k in range(n):

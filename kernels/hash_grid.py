@@ -87,6 +87,10 @@ class HashGridKernels:
     - ``table_grad_by_level(pos, grad_out, grad_table)``: hand-written table gradient
       (accumulates into grad_table) with one task per level, so no two threads touch
       the same row and the adds need no atomics: the fast path on the CPU.
+    - ``table_grad_atomic(pos, grad_out, grad_table)``: the same gradient with one thread
+      per point and atomic adds: the GPU path. Taichi's autodiff of the 16-level
+      encoder took minutes to compile for CUDA (measured on an H100); this compiles
+      like the forward.
     - ``vjp_field(pos, grad_out, table_field, loss_field)``: loss = sum(grad_out * enc);
       its ``.grad`` gives the table gradient through field autodiff (Vulkan/Metal).
     """
@@ -144,6 +148,19 @@ class HashGridKernels:
                                                               + weights[c] * grad_out[i, l * F + f])
 
         @ti.kernel
+        def table_grad_atomic(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                              grad_out: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                              grad_table: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+            for i in range(pos.shape[0]):
+                p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
+                for l in ti.static(range(L)):
+                    rows, weights = corners(p, l)
+                    for c in ti.static(range(8)):
+                        for f in ti.static(range(F)):
+                            ti.atomic_add(grad_table[rows[c], f],
+                                          weights[c] * grad_out[i, l * F + f])
+
+        @ti.kernel
         def vjp_field(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
                       grad_out: ti.types.ndarray(dtype=ti.f32, ndim=2),
                       table: ti.template(), loss: ti.template()):
@@ -161,6 +178,7 @@ class HashGridKernels:
         self.forward_ad = forward_ad
         self.forward_ad_pos = forward_ad_pos
         self.table_grad_by_level = table_grad_by_level
+        self.table_grad_atomic = table_grad_atomic
         self.vjp_field = vjp_field
 
 

@@ -81,22 +81,22 @@ class _HashEncode(torch.autograd.Function):
         g_table = torch.zeros_like(table)
         g_pos = torch.zeros_like(pos) if want_pos else None
         arch = runtime.current().arch
-        if arch == "cpu" and not want_pos:
-            # one task per level: no atomics, ~3x faster than autodiff here (BENCHMARKS.md)
-            hash_grid_kernels(spec).table_grad_by_level(pos.detach(), grad_out, g_table)
-        elif runtime.current().ndarray_autodiff:
-            k = hash_grid_kernels(spec)
-            out = torch.empty_like(grad_out)
-            # the grad kernel consumes (zeroes) out.grad: hand it a copy
-            args = (_with_grad(pos, g_pos) if want_pos else pos.detach(),
-                    _with_grad(table, g_table), _with_grad(out, grad_out.clone()))
-            (k.forward_ad_pos if want_pos else k.forward_ad).grad(*args)
-        else:
-            if want_pos:
+        k = hash_grid_kernels(spec)
+        if want_pos:
+            if not runtime.current().ndarray_autodiff:
                 raise NotImplementedError(
                     f"hash-grid gradients with respect to positions need ndarray autodiff, "
-                    f"which Taichi 1.7.4 offers on cpu and cuda only (arch is "
-                    f"{runtime.current().arch})")
+                    f"which Taichi 1.7.4 offers on cpu and cuda only (arch is {arch})")
+            out = torch.empty_like(grad_out)
+            # the grad kernel consumes (zeroes) out.grad: hand it a copy
+            k.forward_ad_pos.grad(_with_grad(pos, g_pos), _with_grad(table, g_table),
+                                  _with_grad(out, grad_out.clone()))
+        elif arch == "cpu":
+            # one task per level: no atomics, ~3x faster than autodiff here (docs/design-notes.md)
+            k.table_grad_by_level(pos.detach(), grad_out, g_table)
+        elif arch == "cuda":
+            k.table_grad_atomic(pos.detach(), grad_out, g_table)
+        else:
             _field_grad(spec).table_grad(pos.detach(), table.detach(), grad_out, g_table)
         return g_pos, g_table, None
 
@@ -221,17 +221,17 @@ class _Composite(torch.autograd.Function):
         n_used = torch.empty(R, dtype=torch.int32, device=dev)
         composite_k.composite_forward(sigmas.detach(), rgbs.detach(), ts, dts, rays, bg,
                                       float(t_threshold), rgb, depth, opacity, n_used)
-        ctx.save_for_backward(sigmas, rgbs, ts, dts, rays, bg, n_used)
+        ctx.save_for_backward(sigmas, rgbs, ts, dts, rays, bg, n_used, rgb, depth, opacity)
         ctx.mark_non_differentiable(n_used)
         return rgb, depth, opacity, n_used
 
     @staticmethod
     def backward(ctx, g_rgb, g_depth, g_opacity, _g_n):
-        sigmas, rgbs, ts, dts, rays, bg, n_used = ctx.saved_tensors
+        sigmas, rgbs, ts, dts, rays, bg, n_used, rgb, depth, opacity = ctx.saved_tensors
         gs = torch.empty_like(sigmas)
         gc = torch.empty_like(rgbs)
         composite_k.composite_backward(sigmas.detach(), rgbs.detach(), ts, dts, rays, n_used, bg,
-                                       g_rgb.contiguous(), g_depth.contiguous(),
+                                       rgb, depth, opacity, g_rgb.contiguous(), g_depth.contiguous(),
                                        g_opacity.contiguous(), gs, gc)
         return gs, gc, None, None, None, None, None
 

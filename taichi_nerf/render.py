@@ -47,7 +47,7 @@ class Renderer:
     @torch.no_grad()
     def render_image(self, c2w: torch.Tensor, intrinsics: torch.Tensor, distortion: torch.Tensor,
                      width: int, height: int, bg: torch.Tensor,
-                     chunk: int = 1 << 14) -> Dict[str, torch.Tensor]:
+                     chunk: int = 1 << 13) -> Dict[str, torch.Tensor]:
         """One view: c2w (3|4,4) model space, intrinsics (4,), distortion (4,), bg (3,)
         -> rgb (H,W,3), depth (H,W) model units along the ray, opacity (H,W)."""
         dev = self.grid.density.device

@@ -44,7 +44,7 @@ class TrainConfig:
     lr_final_factor: float = 0.1         # lr decays exponentially over the second half
     weight_decay: float = 1e-6           # L2 on MLP weights only
     target_samples: int = 1 << 16        # samples per step; the ray count adapts to it
-    init_rays: int = 1 << 12
+    init_rays: int = 1 << 8            # the first steps march an empty-looking grid: start small
     min_rays: int = 1 << 8
     max_rays: int = 1 << 16
     log2_table: int = 17

@@ -80,6 +80,9 @@ def test_level_parallel_backward_equals_autodiff(cpu_runtime, gen):
     via_levels = torch.zeros_like(table)
     k.table_grad_by_level(pos, g, via_levels)
     assert rel_err(via_levels, via_autodiff) < 1e-5
+    via_atomics = torch.zeros_like(table)  # the GPU path
+    k.table_grad_atomic(pos, g, via_atomics)
+    assert rel_err(via_atomics, via_autodiff) < 1e-5
 
 
 def test_field_autodiff_equals_ndarray_autodiff(cpu_runtime, gen):

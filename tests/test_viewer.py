@@ -82,14 +82,14 @@ def test_headless_cli_screenshot_and_overlays(trained, tmp_path, capsys):
 
 def test_view_train_headless_cli_trains_and_saves(scene_dir, tmp_path, capsys):
     out = tmp_path / "live"
-    rc = main(["view", str(scene_dir), "--train", "--headless", "--frames", "30",
-               "--steps-per-frame", "6", "--out", str(out), "--arch", "cpu", "--quiet",
+    rc = main(["view", str(scene_dir), "--train", "--headless", "--frames", "10",
+               "--steps-per-frame", "3", "--out", str(out), "--arch", "cpu", "--quiet",
                "--steps", "1000"])
     assert rc == 0 and (out / "checkpoint.npz").exists()
-    # 30 frames x 6 steps were trained and checkpointed
+    # 10 frames x 3 steps were trained and checkpointed
     from taichi_nerf.checkpoint import load_checkpoint
     cfg, _ = load_checkpoint(out / "checkpoint.npz")
-    assert cfg["step"] == 180
+    assert cfg["step"] == 30
 
 
 def test_view_train_history_rises(scene_dir, cpu_runtime):
