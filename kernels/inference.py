@@ -149,19 +149,25 @@ class NerfModel:
         return {"rgb": rgb.to_numpy(), "depth": depth.to_numpy(), "opacity": opacity.to_numpy()}
 
     def render_image(self, c2w_model: np.ndarray, intrinsics, width: int, height: int,
-                     bg=None, distortion=(0.0, 0.0, 0.0, 0.0)) -> Dict[str, np.ndarray]:
+                     bg=None, distortion=(0.0, 0.0, 0.0, 0.0),
+                     chunk: int = 1 << 14) -> Dict[str, np.ndarray]:
         """One view: c2w (4,4) model space, intrinsics fx fy cx cy -> rgb (H,W,3), depth, opacity (H,W)."""
         j, i = np.meshgrid(np.arange(height, dtype=np.float32) + 0.5,
                            np.arange(width, dtype=np.float32) + 0.5, indexing="ij")
         pix = np.stack([i.ravel(), j.ravel()], -1)
-        R = pix.shape[0]
-        rays_o = ti.ndarray(ti.f32, shape=(R, 3))
-        rays_d = ti.ndarray(ti.f32, shape=(R, 3))
-        generate_rays(pix, np.zeros(R, np.int32), np.asarray(intrinsics, np.float32).reshape(1, 4),
-                      np.asarray(distortion, np.float32).reshape(1, 4),
-                      np.ascontiguousarray(np.asarray(c2w_model, np.float32)[None, :3]),
-                      rays_o, rays_d)
-        out = self.render_rays(rays_o, rays_d, self.background if bg is None else bg)
+        intr = np.asarray(intrinsics, np.float32).reshape(1, 4)
+        dist = np.asarray(distortion, np.float32).reshape(1, 4)
+        c2w = np.ascontiguousarray(np.asarray(c2w_model, np.float32)[None, :3])
+        parts = []
+        # chunks bound the per-sample buffers (MLP activations) whatever the image size
+        for start in range(0, pix.shape[0], chunk):
+            p = np.ascontiguousarray(pix[start:start + chunk])
+            R = p.shape[0]
+            rays_o = ti.ndarray(ti.f32, shape=(R, 3))
+            rays_d = ti.ndarray(ti.f32, shape=(R, 3))
+            generate_rays(p, np.zeros(R, np.int32), intr, dist, c2w, rays_o, rays_d)
+            parts.append(self.render_rays(rays_o, rays_d, self.background if bg is None else bg))
+        out = {k: np.concatenate([q[k] for q in parts]) for k in ("rgb", "depth", "opacity")}
         return {"rgb": out["rgb"].reshape(height, width, 3),
                 "depth": out["depth"].reshape(height, width),
                 "opacity": out["opacity"].reshape(height, width)}

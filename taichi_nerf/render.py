@@ -34,20 +34,31 @@ class Renderer:
                for i in range(0, pts.shape[0], chunk)]
         return torch.cat(out) if out else pts.new_zeros(0)
 
-    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
-                    bg: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """rays (R,3) model space, bg (R,3) -> rgb (R,3), depth (R,) model units, opacity (R,), n_samples."""
+    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, bg: torch.Tensor,
+                    max_samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """rays (R,3) model space, bg (R,3) -> rgb (R',3), depth (R',) model units, opacity (R',),
+        n_samples, n_rays = R'. With `max_samples`, only the first R' rays whose samples fit are
+        rendered (at least one): a batch never balloons when the occupancy grid changes."""
         s = ops.march_rays(rays_o, rays_d, self.grid.bitfield, self.grid.spec, self.march)
+        n_rays = rays_o.shape[0]
+        if max_samples is not None and s.n_samples > max_samples:
+            ends = s.rays[:, 0].long() + s.rays[:, 1].long()
+            n_rays = max(1, int(torch.searchsorted(ends, max_samples, right=True)))
+            m = int(ends[n_rays - 1])
+            # samples are packed ray by ray, so the first rays' samples are a prefix
+            s = ops.PackedSamples(s.t[:m], s.dt[:m], s.positions[:m], s.dirs[:m],
+                                  s.ray_index[:m], s.rays[:n_rays])
+            bg = bg[:n_rays]
         sigma, rgb = self.field(self.to_unit(s.positions), s.dirs)
         out_rgb, depth, opacity, n_used = ops.composite(sigma, rgb, s.t, s.dt, s.rays, bg,
                                                         T_THRESHOLD)
         return {"rgb": out_rgb, "depth": depth, "opacity": opacity,
-                "n_samples": s.n_samples, "n_used": n_used}
+                "n_samples": s.n_samples, "n_used": n_used, "n_rays": n_rays}
 
     @torch.no_grad()
     def render_image(self, c2w: torch.Tensor, intrinsics: torch.Tensor, distortion: torch.Tensor,
                      width: int, height: int, bg: torch.Tensor,
-                     chunk: int = 1 << 13) -> Dict[str, torch.Tensor]:
+                     chunk: int = 1 << 14, max_samples: int = 1 << 19) -> Dict[str, torch.Tensor]:
         """One view: c2w (3|4,4) model space, intrinsics (4,), distortion (4,), bg (3,)
         -> rgb (H,W,3), depth (H,W) model units along the ray, opacity (H,W)."""
         dev = self.grid.density.device
@@ -57,11 +68,14 @@ class Renderer:
                              distortion.reshape(1, 4).contiguous(),
                              c2w[None, :3].contiguous())
         outs = {"rgb": [], "depth": [], "opacity": []}
-        for i in range(0, o.shape[0], chunk):
+        i = 0
+        while i < o.shape[0]:
             oc, dc = o[i:i + chunk], d[i:i + chunk]
-            r = self.render_rays(oc, dc, bg.reshape(1, 3).expand(oc.shape[0], 3).contiguous())
+            r = self.render_rays(oc, dc, bg.reshape(1, 3).expand(oc.shape[0], 3).contiguous(),
+                                 max_samples=max_samples)
             for k in outs:
                 outs[k].append(r[k])
+            i += r["n_rays"]
         return {"rgb": torch.cat(outs["rgb"]).reshape(height, width, 3),
                 "depth": torch.cat(outs["depth"]).reshape(height, width),
                 "opacity": torch.cat(outs["opacity"]).reshape(height, width)}

@@ -158,7 +158,8 @@ class Trainer:
         if self.grid.due(self.step):
             self.grid.update(self.step, self.renderer.density, self.generator)
         o, d, bg, target = self._batch(self.n_rays)
-        out = self.renderer.render_rays(o, d, bg)
+        out = self.renderer.render_rays(o, d, bg, max_samples=2 * cfg.target_samples)
+        target = target[:out["n_rays"]]
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}")
@@ -167,14 +168,14 @@ class Trainer:
         self.optimizer.step()
         n_samples = out["n_samples"]
         # adapt the ray count so that a step processes about target_samples samples
-        per_ray = max(n_samples / self.n_rays, 1.0)
+        per_ray = max(n_samples / out["n_rays"], 1.0)
         self.n_rays = int(min(max(cfg.target_samples / per_ray, cfg.min_rays), cfg.max_rays))
         self.samples_seen += n_samples
-        self.rays_seen += o.shape[0]
+        self.rays_seen += out["n_rays"]
         self.step += 1
         mse = loss.item()
         return {"loss": mse, "psnr": -10 * math.log10(max(mse, 1e-12)),
-                "rays": o.shape[0], "samples": n_samples}
+                "rays": out["n_rays"], "samples": n_samples}
 
     def set_lr(self) -> None:
         """Exponential decay to lr * lr_final_factor over the second half of the budget."""
