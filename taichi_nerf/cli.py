@@ -113,6 +113,69 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     _arch_arg(r)
 
+    x = sub.add_parser(
+        "export", help="export a mesh, depth maps or a camera path from a trained run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export from RUN (a folder written by `train`), in the world units of the "
+                    "training data:\n"
+                    "  --mesh FILE.ply|.obj   triangle mesh of the density level set sigma = "
+                    "--threshold\n"
+                    "                         (marching cubes over the occupied region; closed, "
+                    "outward\n"
+                    "                         normals, vertex colours as seen from outside)\n"
+                    "  --depth OUT_DIR        one depth map per camera of --path: distance along "
+                    "the pixel's\n"
+                    "                         ray; png16 (value x units_per_count, 0 = none) or "
+                    "npy (float32,\n"
+                    "                         NaN = none); writes depth_scale.json and "
+                    "cameras.json too\n"
+                    "  --camera-path FILE.json  the cameras of --path as a camera-path file "
+                    "(`render --path`\n"
+                    "                         reads it back)",
+        epilog="--path: 'orbit' (around the scene like the training cameras), 'dataset' (a "
+               "smooth\nCatmull-Rom/slerp path through the training cameras), a DATA folder "
+               "(the cameras\nof its --split) or FILE.json (a camera path).\n\n"
+               "Camera path JSON (world units; fx fy cx cy width height optional per frame or "
+               "at the\ntop level, default: the training camera scaled to the size):\n"
+               "  {\"version\": 1, \"frames\": [{\"c2w\": [[...], [...], [...], [0, 0, 0, 1]],\n"
+               "                             \"fx\": 555.5, \"fy\": 555.5, \"cx\": 400, "
+               "\"cy\": 400,\n"
+               "                             \"width\": 800, \"height\": 800}, ...]}\n"
+               "  c2w: camera-to-world 4x4 (or 3x4), OpenGL axes (x right, y up, looking down "
+               "-z).\n\n"
+               "Examples:\n"
+               "  taichi-nerf export runs/lego --mesh lego.ply --resolution 384\n"
+               "  taichi-nerf export runs/lego --depth lego_depth --path orbit --frames 24 "
+               "--format npy\n"
+               "  taichi-nerf export runs/lego --camera-path tour.json --path dataset --frames "
+               "120\n"
+               "  taichi-nerf render runs/lego --path tour.json --out tour.gif")
+    x.add_argument("run", type=Path, help="run folder written by `train` (or its checkpoint.npz)")
+    x.add_argument("--mesh", type=Path, help="write a mesh: FILE.ply (binary) or FILE.obj")
+    x.add_argument("--resolution", type=int, default=256,
+                   help="density samples along the longest side of the occupied box "
+                        "(default 256; memory ~ 4 bytes x R^3, at most 1024)")
+    x.add_argument("--threshold", type=float, default=10.0,
+                   help="density level of the surface, sigma per model unit (default 10)")
+    x.add_argument("--no-colors", action="store_true", help="mesh without vertex colours")
+    x.add_argument("--ascii", action="store_true", help="write an ascii PLY (default binary)")
+    x.add_argument("--depth", type=Path, help="folder for the depth maps")
+    x.add_argument("--format", default="png16", choices=["png16", "npy"],
+                   help="depth map format (default png16)")
+    x.add_argument("--camera-path", type=Path, help="write the cameras of --path to FILE.json")
+    x.add_argument("--path", default="orbit",
+                   help="cameras for --depth / --camera-path: orbit (default), dataset, a DATA "
+                        "folder or FILE.json")
+    x.add_argument("--split", default="test", help="split of --path DATA (default test)")
+    x.add_argument("--frames", type=int, default=60,
+                   help="cameras on an orbit or dataset path (default 60)")
+    x.add_argument("--width", type=int, help="image width (default: the path's or training width)")
+    x.add_argument("--height", type=int, help="image height (default: the path's or training "
+                                              "height)")
+    x.add_argument("--elevation", type=float, default=30.0, help="orbit elevation in degrees")
+    x.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    _arch_arg(x)
+
     b = sub.add_parser("bench", help="measure kernel and training speed",
                        description="Kernel benchmark (Taichi vs the pure-torch reference) and a "
                                    "short training run on the built-in scene; prints Markdown "
@@ -251,6 +314,21 @@ def cmd_render(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from taichi_nerf.export import check_export_args, run_export
+    from taichi_nerf.trainer import CHECKPOINT_NAME
+
+    if not a.run.exists():
+        raise CLIError(f"{a.run}: run folder not found (train one with `taichi-nerf train "
+                       f"--out {a.run}`)")
+    check_export_args(a)  # bad options and unwritable outputs fail before the model loads
+    _init(a.arch)
+    cfg, renderer, scene = _load_run(a.run)
+    ckpt = a.run / CHECKPOINT_NAME if a.run.is_dir() else a.run
+    run_export(a, cfg, renderer, scene, ckpt, say=(lambda s: None) if a.quiet else print)
+    return 0
+
+
 def cmd_view(a: argparse.Namespace) -> int:
     from taichi_nerf.viewer import viewer_for_run, viewer_for_training
 
@@ -320,7 +398,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from taichi_nerf.viewer import ViewerError
 
     handlers = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view,
-                "bench": cmd_bench}
+                "bench": cmd_bench, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except (CLIError, DataError, CheckpointError, ArchUnavailableError, ViewerError) as e:

@@ -230,8 +230,11 @@ class _Composite(torch.autograd.Function):
         sigmas, rgbs, ts, dts, rays, bg, n_used, rgb, depth, opacity = ctx.saved_tensors
         gs = torch.empty_like(sigmas)
         gc = torch.empty_like(rgbs)
+        # detached: Taichi inspects tensors that require grad on every launch, which cost
+        # ~17 ms here for the saved outputs
         composite_k.composite_backward(sigmas.detach(), rgbs.detach(), ts, dts, rays, n_used, bg,
-                                       rgb, depth, opacity, g_rgb.contiguous(), g_depth.contiguous(),
+                                       rgb.detach(), depth.detach(), opacity.detach(),
+                                       g_rgb.contiguous(), g_depth.contiguous(),
                                        g_opacity.contiguous(), gs, gc)
         return gs, gc, None, None, None, None, None
 

@@ -1,4 +1,4 @@
-"""`taichi-nerf render`: camera paths (orbit or a dataset's cameras) rendered to PNGs or a video."""
+"""`taichi-nerf render`: a camera path (orbit, dataset tour, DATA cameras, JSON file) to PNGs or video."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from taichi_nerf.cameras import orbit_poses
-from taichi_nerf.data import load_dataset
 from taichi_nerf.data.scene import SceneTransform, to_model_space
 from taichi_nerf.render import Renderer
 
@@ -42,43 +41,45 @@ def to_image(mode: str, out: Dict[str, torch.Tensor]) -> np.ndarray:
 
 def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer,
                   scene: SceneTransform) -> None:
-    """Render the requested path with the run's model and write frames or a video to a.out."""
+    """Render the requested path (orbit, dataset, DATA or FILE.json) and write frames or a video to a.out."""
     from tqdm import tqdm
 
+    from taichi_nerf.camera_paths import is_camera_path_file, resolve_path
     from taichi_nerf.cli import CLIError
+    from taichi_nerf.trainer import CHECKPOINT_NAME
 
-    width, height = int(cfg["width"]), int(cfg["height"])
-    W, H = a.width or width, a.height or height
-    if W <= 0 or H <= 0 or a.frames <= 0 or a.fps <= 0:
+    if any(v is not None and v <= 0 for v in (a.width, a.height)) or a.frames <= 0 \
+            or a.fps <= 0:
         raise CLIError("--width, --height, --frames and --fps must be > 0")
+    if not -90.0 < a.elevation < 90.0:
+        raise CLIError(f"--elevation must lie strictly between -90 and 90 degrees, got "
+                       f"{a.elevation}")
     check_video_destination(a.out)  # fail before rendering, not after
-    fx, fy, cx, cy = cfg["intrinsics"]
-    sx, sy = W / width, H / height
-    intr = np.tile(np.array([fx * sx, fy * sy, cx * sx, cy * sy], np.float32), (a.frames, 1))
-    dist = np.zeros((a.frames, 4), np.float32)
-    if a.path == "orbit":
-        poses = orbit_path(cfg, a.frames, a.elevation)
-    else:
-        ds = load_dataset(Path(a.path), a.split, scene=scene)
-        poses, dist = ds.poses, ds.distortion
-        if a.width or a.height:
-            raise CLIError("--width/--height apply to orbit paths; a dataset path renders at "
-                           "the dataset's own camera sizes")
-        W, H = ds.width, ds.height
-        intr = ds.intrinsics
-    model = to_model_space(poses, scene.scale, scene.offset)
+    keyword = a.path in ("orbit", "dataset") or is_camera_path_file(a.path)
+    if not keyword and (a.width or a.height):
+        raise CLIError("--width/--height apply to orbit, dataset and camera-path-file paths; a "
+                       "dataset folder renders at the dataset's own camera sizes")
+    ckpt = a.run / CHECKPOINT_NAME if Path(a.run).is_dir() else Path(a.run)
+    path = resolve_path(a.path, cfg, ckpt, a.frames, a.elevation, a.split, a.width, a.height)
+    sizes = sorted({(int(w), int(h)) for w, h in zip(path.widths, path.heights)})
+    if a.out.suffix.lower() in VIDEO_SUFFIXES and len(sizes) > 1:
+        raise CLIError(f"{a.path}: frames have different sizes {sizes[:3]}; a video needs one "
+                       f"size (give --width and --height, or write a folder of PNGs)")
+    model = to_model_space(path.poses, scene.scale, scene.offset)
     bg = cfg.get("background") or [0.0, 0.0, 0.0]
     device = renderer.grid.density.device
     bg_t = torch.tensor(bg, dtype=torch.float32, device=device)
     frames = []
     for i in tqdm(range(len(model)), desc="render", disable=a.quiet):
         out = renderer.render_image(torch.from_numpy(np.ascontiguousarray(model[i])).to(device),
-                                    torch.from_numpy(intr[i]).to(device),
-                                    torch.from_numpy(dist[i]).to(device), W, H, bg_t)
+                                    torch.from_numpy(path.intrinsics[i]).to(device),
+                                    torch.from_numpy(path.distortion[i]).to(device),
+                                    int(path.widths[i]), int(path.heights[i]), bg_t)
         frames.append(to_image(a.mode, out))
     write_frames(a.out, frames, a.fps)
     if not a.quiet:
-        print(f"wrote {len(frames)} {a.mode} frames ({W}x{H}) to {a.out}")
+        size = "x".join(map(str, sizes[0])) if len(sizes) == 1 else "mixed sizes"
+        print(f"wrote {len(frames)} {a.mode} frames ({size}) to {a.out}")
 
 
 def check_video_destination(out: Path) -> None:
