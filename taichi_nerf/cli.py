@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run", type=Path, help="run folder written by `train`")
     e.add_argument("--data", default=BUILTIN, help="dataset folder (default: built-in scene)")
     e.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
+    e.add_argument("--holdout", type=int, default=8,
+                   help="for formats without splits: every K-th frame is val/test (as in "
+                        "`train`; 0: all frames)")
     e.add_argument("--downscale", type=int, default=1)
     e.add_argument("--json", type=Path, help="write {psnr, ssim, views, seconds_per_view} here")
     e.add_argument("--save-images", type=Path, help="also write the rendered views as PNGs here")
@@ -101,13 +104,19 @@ def _parser() -> argparse.ArgumentParser:
                                    "dataset, to PNG frames (a folder) or a .gif / .mp4 file.")
     r.add_argument("run", type=Path)
     r.add_argument("--out", type=Path, required=True, help="folder for PNGs, or FILE.gif/.mp4")
-    r.add_argument("--path", default="orbit",
-                   help="'orbit' (default) or a dataset folder whose cameras to render")
+    r.add_argument("--path", default="orbit", metavar="orbit|dataset|DATA|FILE.json",
+                   help="cameras to render: orbit (default), dataset (a smooth tour through the "
+                        "training cameras), a DATA folder (its --split cameras) or a camera "
+                        "path FILE.json (format: docs/camera-paths.md)")
     r.add_argument("--split", default="test", help="split of --path DATA (default test)")
-    r.add_argument("--frames", type=int, default=60, help="orbit frames (default 60)")
+    r.add_argument("--frames", type=int, default=60,
+                   help="frames of an orbit or dataset path (default 60)")
     r.add_argument("--width", type=int, help="image width (default: the training width)")
     r.add_argument("--height", type=int, help="image height (default: the training height)")
     r.add_argument("--elevation", type=float, default=30.0, help="orbit elevation in degrees")
+    r.add_argument("--radius", type=float,
+                   help="orbit radius in world units (default: the training cameras' mean "
+                        "distance from the centre)")
     r.add_argument("--mode", default="rgb", choices=["rgb", "depth", "opacity"])
     r.add_argument("--fps", type=int, default=24)
     r.add_argument("--quiet", action="store_true")
@@ -151,28 +160,33 @@ def _parser() -> argparse.ArgumentParser:
                "120\n"
                "  taichi-nerf render runs/lego --path tour.json --out tour.gif")
     x.add_argument("run", type=Path, help="run folder written by `train` (or its checkpoint.npz)")
-    x.add_argument("--mesh", type=Path, help="write a mesh: FILE.ply (binary) or FILE.obj")
-    x.add_argument("--resolution", type=int, default=256,
+    x.add_argument("--mesh", type=Path, metavar="FILE",
+                   help="write a mesh: FILE.ply (binary) or FILE.obj")
+    x.add_argument("--resolution", type=int, default=256, metavar="R",
                    help="density samples along the longest side of the occupied box "
                         "(default 256; memory ~ 4 bytes x R^3, at most 1024)")
-    x.add_argument("--threshold", type=float, default=10.0,
+    x.add_argument("--threshold", type=float, default=10.0, metavar="SIGMA",
                    help="density level of the surface, sigma per model unit (default 10)")
     x.add_argument("--no-colors", action="store_true", help="mesh without vertex colours")
     x.add_argument("--ascii", action="store_true", help="write an ascii PLY (default binary)")
-    x.add_argument("--depth", type=Path, help="folder for the depth maps")
+    x.add_argument("--depth", type=Path, metavar="OUT_DIR", help="folder for the depth maps")
     x.add_argument("--format", default="png16", choices=["png16", "npy"],
                    help="depth map format (default png16)")
-    x.add_argument("--camera-path", type=Path, help="write the cameras of --path to FILE.json")
-    x.add_argument("--path", default="orbit",
+    x.add_argument("--camera-path", type=Path, metavar="FILE.json",
+                   help="write the cameras of --path to FILE.json")
+    x.add_argument("--path", default="orbit", metavar="orbit|dataset|DATA|FILE.json",
                    help="cameras for --depth / --camera-path: orbit (default), dataset, a DATA "
                         "folder or FILE.json")
     x.add_argument("--split", default="test", help="split of --path DATA (default test)")
-    x.add_argument("--frames", type=int, default=60,
+    x.add_argument("--frames", type=int, default=60, metavar="N",
                    help="cameras on an orbit or dataset path (default 60)")
     x.add_argument("--width", type=int, help="image width (default: the path's or training width)")
     x.add_argument("--height", type=int, help="image height (default: the path's or training "
                                               "height)")
     x.add_argument("--elevation", type=float, default=30.0, help="orbit elevation in degrees")
+    x.add_argument("--radius", type=float,
+                   help="orbit radius in world units (default: the training cameras' mean "
+                        "distance from the centre)")
     x.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     _arch_arg(x)
 
@@ -291,7 +305,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     rt = _init(a.arch)
     cfg, renderer, scene = _load_run(a.run)
     root = _resolve_data(a.data, a.quiet)
-    ds = load_dataset(root, a.split, a.downscale, scene=scene)
+    ds = load_dataset(root, a.split, a.downscale, a.holdout, scene=scene)
     if ds.background is None and cfg.get("background") is not None:
         ds.background = __import__("numpy").asarray(cfg["background"], "float32")
     m = evaluate(renderer, ds, progress=not a.quiet, save_dir=a.save_images)

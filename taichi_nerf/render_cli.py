@@ -8,17 +8,10 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from taichi_nerf.cameras import orbit_poses
 from taichi_nerf.data.scene import SceneTransform, to_model_space
 from taichi_nerf.render import Renderer
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
-
-
-def orbit_path(cfg: Dict[str, Any], n: int, elevation: float) -> np.ndarray:
-    """World camera-to-world (n,4,4) circling the scene as the training cameras did."""
-    orbit = cfg["orbit"]
-    return orbit_poses(n, orbit["radius"], elevation, center=orbit["center"], up=orbit["up"])
 
 
 def to_image(mode: str, out: Dict[str, torch.Tensor]) -> np.ndarray:
@@ -51,6 +44,8 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
     if any(v is not None and v <= 0 for v in (a.width, a.height)) or a.frames <= 0 \
             or a.fps <= 0:
         raise CLIError("--width, --height, --frames and --fps must be > 0")
+    if a.radius is not None and not (np.isfinite(a.radius) and a.radius > 0):
+        raise CLIError(f"--radius must be a positive number of world units, got {a.radius}")
     if not -90.0 < a.elevation < 90.0:
         raise CLIError(f"--elevation must lie strictly between -90 and 90 degrees, got "
                        f"{a.elevation}")
@@ -60,7 +55,8 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
         raise CLIError("--width/--height apply to orbit, dataset and camera-path-file paths; a "
                        "dataset folder renders at the dataset's own camera sizes")
     ckpt = a.run / CHECKPOINT_NAME if Path(a.run).is_dir() else Path(a.run)
-    path = resolve_path(a.path, cfg, ckpt, a.frames, a.elevation, a.split, a.width, a.height)
+    path = resolve_path(a.path, cfg, ckpt, a.frames, a.elevation, a.split, a.width, a.height,
+                        a.radius)
     sizes = sorted({(int(w), int(h)) for w, h in zip(path.widths, path.heights)})
     if a.out.suffix.lower() in VIDEO_SUFFIXES and len(sizes) > 1:
         raise CLIError(f"{a.path}: frames have different sizes {sizes[:3]}; a video needs one "

@@ -336,3 +336,23 @@ def test_render_bad_fps(trained_run, tmp_path, capsys):
     run, _ = trained_run
     rc, _, err = cli(capsys, "render", run, "--out", tmp_path / "x.gif", "--fps", "0", *ORBIT)
     assert_one_line_error(rc, err, "render", "--fps")
+
+
+def test_render_orbit_radius_moves_the_camera(trained_run, tmp_path, capsys):
+    """A larger --radius puts the camera farther away: the scene covers fewer pixels."""
+    run, _ = trained_run
+    cover = []
+    for radius in ("2", "8"):
+        out = tmp_path / f"r{radius}"
+        rc, _, err = cli(capsys, "render", run, "--out", out, "--mode", "opacity",
+                         "--radius", radius, *ORBIT)
+        assert rc == 0, err
+        cover.append(np.mean([iio.imread(p).astype(float).mean() for p in out.glob("*.png")]))
+    assert cover[1] < 0.6 * cover[0], cover
+
+
+@pytest.mark.parametrize("radius", ["0", "-1", "nan"])
+def test_render_bad_radius(radius, trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    rc, _, err = cli(capsys, "render", run, "--out", tmp_path / "f", "--radius", radius, *ORBIT)
+    assert_one_line_error(rc, err, "render", "--radius")
