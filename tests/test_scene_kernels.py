@@ -1,0 +1,194 @@
+"""NerfScene's @ti.funcs called from user kernels, against the torch renderer; the docs run."""
+import re
+import runpy
+import time
+from pathlib import Path
+
+import numpy as np
+import taichi as ti
+import torch
+
+from taichi_nerf import runtime
+from taichi_nerf.data import builtin, load_dataset
+from taichi_nerf.kernels.camera import camera_ray
+from taichi_nerf.kernels.scene import NerfScene
+from taichi_nerf.metrics import psnr
+from taichi_nerf.trainer import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# the march comparison renders this many pixels a side: lavapipe runs the MLP on the CPU
+SIZE = 32
+
+
+# ---- user kernels: the scene comes in as a template argument, as a user's own would
+@ti.kernel
+def density_at(scene: ti.template(), pts: ti.types.ndarray(dtype=ti.f32, ndim=2),
+               sigma: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    for i in range(pts.shape[0]):
+        sigma[i] = scene.density(ti.Vector([pts[i, 0], pts[i, 1], pts[i, 2]]))
+
+
+@ti.kernel
+def radiance_at(scene: ti.template(), pts: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                rgb: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    for i in range(pts.shape[0]):
+        c = scene.radiance(ti.Vector([pts[i, 0], pts[i, 1], pts[i, 2]]),
+                           ti.Vector([dirs[i, 0], dirs[i, 1], dirs[i, 2]]))
+        for k in ti.static(range(3)):
+            rgb[i, k] = c[k]
+
+
+@ti.kernel
+def normal_and_occlusion(scene: ti.template(), pts: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                         normals: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                         occluded: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    for i in range(pts.shape[0]):
+        p = ti.Vector([pts[i, 0], pts[i, 1], pts[i, 2]])
+        n = scene.normal(p)
+        for k in ti.static(range(3)):
+            normals[i, k] = n[k]
+        occluded[i] = scene.occluded(p)
+
+
+@ti.kernel
+def render_view(scene: ti.template(), c2w: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                intr: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                rgb: ti.types.ndarray(dtype=ti.f32, ndim=3),
+                depth: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                opacity: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    rot = ti.Matrix([[c2w[0, 0], c2w[0, 1], c2w[0, 2]], [c2w[1, 0], c2w[1, 1], c2w[1, 2]],
+                     [c2w[2, 0], c2w[2, 1], c2w[2, 2]]])
+    eye = ti.Vector([c2w[0, 3], c2w[1, 3], c2w[2, 3]])
+    k = ti.Vector([intr[0], intr[1], intr[2], intr[3]])
+    for j, i in ti.ndrange(rgb.shape[0], rgb.shape[1]):
+        o, d = camera_ray(ti.cast(i, ti.f32) + 0.5, ti.cast(j, ti.f32) + 0.5, k,
+                          ti.Vector([0.0, 0.0, 0.0, 0.0]), rot, eye)
+        c, z, a = scene.march(o, d)
+        for ch in ti.static(range(3)):
+            rgb[j, i, ch] = c[ch]
+        depth[j, i] = z
+        opacity[j, i] = a
+
+
+def _points_in_box(scene: NerfScene, n: int, seed: int) -> np.ndarray:
+    lo, hi = scene.box_world
+    return np.random.default_rng(seed).uniform(lo, hi, (n, 3)).astype(np.float32)
+
+
+def test_density_and_radiance_match_the_torch_field(trained, arch):
+    run, _ = trained
+    runtime.init("cpu")
+    _, renderer, scene_tf = load_model(run / "checkpoint.npz")
+    runtime.init(arch)
+    scene = NerfScene.load(run)
+    # half uniform in the box, half near the objects' surfaces (where density varies)
+    pts = np.concatenate([_points_in_box(scene, 2000, 1),
+                          np.random.default_rng(2).normal(0, 0.5, (2000, 3))]).astype(np.float32)
+    dirs = np.random.default_rng(3).normal(size=pts.shape).astype(np.float32)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    sigma = np.zeros(len(pts), np.float32)
+    density_at(scene, pts, sigma)
+    rgb = np.zeros_like(pts)
+    radiance_at(scene, pts, dirs, rgb)
+    print(f"\n[{arch}] density + radiance kernels: first call {time.perf_counter() - t0:.1f} s")
+    with torch.no_grad():
+        model = torch.from_numpy(scene.world_to_model(pts))
+        ref_sigma, ref_rgb = renderer.field(renderer.to_unit(model).contiguous(),
+                                            torch.from_numpy(dirs))
+    ref_sigma = ref_sigma.double().numpy() * scene_tf.scale  # per world unit
+    # exp() turns float32 rounding of the log density into a relative error
+    assert np.abs(sigma - ref_sigma).max() <= 1e-4 * np.abs(ref_sigma).max() + 1e-6
+    assert np.allclose(sigma, ref_sigma, rtol=1e-3, atol=1e-5)
+    assert np.abs(rgb - ref_rgb.double().numpy()).max() < 1e-4
+
+
+def test_march_matches_the_torch_renderer(trained, scene_dir, arch):
+    run, _ = trained
+    runtime.init("cpu")
+    _, renderer, scene_tf = load_model(run / "checkpoint.npz")
+    test = load_dataset(scene_dir, "test", scene=scene_tf)
+    s = SIZE / test.width
+    intr = (test.intrinsics[0] * s).astype(np.float32)
+    bg = np.ones(3, np.float32)
+    ref = renderer.render_image(torch.from_numpy(test.transform_poses()[0]), torch.from_numpy(intr),
+                                torch.zeros(4), SIZE, SIZE, torch.from_numpy(bg))
+    runtime.init(arch)
+    scene = NerfScene.load(run)
+    rgb = np.zeros((SIZE, SIZE, 3), np.float32)
+    depth = np.zeros((SIZE, SIZE), np.float32)
+    opacity = np.zeros((SIZE, SIZE), np.float32)
+    t0 = time.perf_counter()
+    render_view(scene, np.ascontiguousarray(test.poses[0]), intr, rgb, depth, opacity)
+    print(f"\n[{arch}] march kernel: first call (compile + {SIZE}x{SIZE} rays) "
+          f"{time.perf_counter() - t0:.1f} s")
+    rgb = rgb + (1.0 - opacity[..., None]) * bg
+    assert psnr(rgb, ref["rgb"].numpy()) >= 40.0
+    assert np.abs(opacity - ref["opacity"].numpy()).max() < 1e-2
+    box_side = float(scene.box_world[1][0] - scene.box_world[0][0])  # world units
+    ref_depth = ref["depth"].numpy() / scene_tf.scale                 # model -> world
+    assert np.abs(depth - ref_depth).max() < 0.01 * box_side
+    # and the scene really is there: the centre pixel sees the ball
+    assert opacity[SIZE // 2, SIZE // 2] > 0.9
+
+
+def test_normals_point_out_of_the_ball_and_rays_stop_at_its_surface(trained, arch):
+    """The ball (radius 0.44 at the origin) is the largest object: normals just outside it
+    point away from its centre; walking in from outside, the first occluded point lies on
+    its surface; empty space is not occluded. (A NeRF's inside is unconstrained: rays stop
+    at the surface, so only the shell must be solid.)"""
+    run, _ = trained
+    runtime.init(arch)
+    scene = NerfScene.load(run)
+    radius = builtin.PRIMITIVES[0].params[0]
+    others = builtin.PRIMITIVES[1:]
+    rng = np.random.default_rng(4)
+    dirs = rng.normal(size=(4000, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    clear = np.min([builtin.primitive_sdf(dirs * r, p) for p in others
+                    for r in (radius, radius + 0.3)], axis=0) > 0.1
+    dirs = dirs[clear][:200]
+    near = (dirs * (radius + 0.02)).astype(np.float32)
+    normals = np.zeros_like(near)
+    normal_and_occlusion(scene, near, normals, np.zeros(len(near), np.int32))
+    assert np.allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-4)
+    assert np.median(np.sum(normals * dirs, axis=1)) > 0.9
+
+    radii = np.arange(radius + 0.3, 0.0, -0.005)                       # walking inwards
+    walk = (dirs[:, None, :] * radii[None, :, None]).reshape(-1, 3).astype(np.float32)
+    occ = np.zeros(len(walk), np.int32)
+    normal_and_occlusion(scene, walk, np.zeros_like(walk), occ)
+    occ = occ.reshape(len(dirs), len(radii))
+    assert occ.any(axis=1).all()
+    first = radii[occ.argmax(axis=1)]
+    assert abs(np.median(first) - radius) < 0.03
+    assert np.mean(np.abs(first - radius) < 0.06) > 0.9
+
+    empty = _points_in_box(scene, 4000, 5)
+    empty = empty[builtin.scene_sdf(empty) > 0.2]
+    occ_out = np.zeros(len(empty), np.int32)
+    normal_and_occlusion(scene, empty, np.zeros_like(empty), occ_out)
+    assert occ_out.mean() < 0.02
+
+
+def _doc_code() -> str:
+    text = (ROOT / "docs" / "kernels.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "docs/kernels.md has no ```python blocks"
+    return "\n".join(blocks)
+
+
+def test_docs_kernels_md_code_runs(trained, tmp_path, monkeypatch):
+    """Every ```python block of docs/kernels.md, in order, as one script on the trained run."""
+    run, _ = trained
+    script = tmp_path / "kernels_md.py"
+    script.write_text(_doc_code())
+    monkeypatch.setenv("TAICHI_NERF_RUN", str(run))
+    monkeypatch.chdir(tmp_path)
+    ns = runpy.run_path(str(script), run_name="__main__")  # a file: Taichi reads kernel source
+    # the doc's depth image: the centre ray enters the ball 4 - 0.44 world units from the
+    # camera (a 500-step field's soft surface puts the expected depth a little deeper)
+    assert 3.4 < ns["depth"][ns["H"] // 2, ns["W"] // 2] < 4.0
+    assert (tmp_path / "depth.png").exists()
+    runtime.init("cpu")
