@@ -197,7 +197,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="small sizes, kernels only (< 1 min)")
     b.add_argument("--kernels", action="store_true", help="kernel benchmark only")
     b.add_argument("--training", action="store_true", help="training benchmark only")
+    b.add_argument("--viewer", type=Path, metavar="RUN",
+                   help="preview frames/s of the headless viewer on RUN (256 and 512 px, "
+                        "static and moving) on --arch; nothing else runs")
     b.add_argument("--time", type=float, default=60.0, help="training budget in seconds")
+    b.add_argument("--data", default=None,
+                   help="training benchmark dataset (default: the built-in scene)")
+    b.add_argument("--downscale", type=int, default=1, help="training benchmark image downscale")
+    b.add_argument("--holdout", type=int, default=8,
+                   help="training benchmark: every K-th frame is held out (formats without "
+                        "splits)")
     b.add_argument("--json", type=Path, help="also write the raw results here")
     _arch_arg(b)
     return ap
@@ -385,6 +394,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     rt = _init(a.arch)
     results = {}
+    if a.viewer is not None:
+        from taichi_nerf.bench.viewer import format_viewer_markdown, run_viewer_benchmark
+        if not (a.viewer / "checkpoint.npz").is_file() and not a.viewer.is_file():
+            raise CLIError(f"{a.viewer}: no checkpoint.npz (train one with `taichi-nerf train "
+                           f"--out {a.viewer}`)")
+        rows = run_viewer_benchmark(a.viewer, rt.arch, frames=20 if rt.arch == "cpu" else 6)
+        results["viewer"] = rows
+        print(format_viewer_markdown(rows, str(a.viewer)))
+        if a.json:
+            a.json.write_text(json.dumps(results, indent=2, default=str))
+        return 0
     kernels = a.kernels or a.quick or not a.training
     training = (a.training or not a.kernels) and not a.quick
     if kernels:
@@ -394,7 +414,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(format_markdown(res))
     if training:
         from taichi_nerf.bench.training import format_training_markdown, run_training_benchmark
-        res = run_training_benchmark(time_budget=a.time)
+        _positive("time", a.time)
+        _positive("downscale", a.downscale)
+        data = None if a.data in (None, BUILTIN) else str(_resolve_data(a.data, False))
+        res = run_training_benchmark(data=data, time_budget=a.time, downscale=a.downscale,
+                                     holdout=a.holdout)
         results["training"] = res
         print(format_training_markdown(res))
     if a.json:

@@ -356,3 +356,14 @@ def test_render_bad_radius(radius, trained_run, tmp_path, capsys):
     run, _ = trained_run
     rc, _, err = cli(capsys, "render", run, "--out", tmp_path / "f", "--radius", radius, *ORBIT)
     assert_one_line_error(rc, err, "render", "--radius")
+
+
+def test_bench_viewer_without_checkpoint_is_one_line(tmp_path, capsys):
+    rc, _, err = cli(capsys, "bench", "--viewer", tmp_path, "--arch", "cpu")
+    assert_one_line_error(rc, err, "bench", "checkpoint.npz")
+
+
+def test_bench_training_bad_data_is_one_line(tmp_path, capsys):
+    rc, _, err = cli(capsys, "bench", "--training", "--data", tmp_path / "nowhere", "--time",
+                     "1", "--arch", "cpu")
+    assert_one_line_error(rc, err, "bench", "nowhere")

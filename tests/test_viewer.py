@@ -165,3 +165,18 @@ def test_real_window_under_xvfb(trained, xvfb_display, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert shot.exists() and iio.imread(shot).max() > 0
+
+
+def test_viewer_benchmark_reports_both_modes(trained, cpu_runtime):
+    """The preview benchmark (BENCHMARKS.md) runs and reports sane, complete rows."""
+    from taichi_nerf.bench.viewer import format_viewer_markdown, run_viewer_benchmark
+
+    run, _ = trained
+    rows = run_viewer_benchmark(run, "cpu", sizes=(32, 48), frames=4)
+    assert [r["size"] for r in rows] == [32, 48]
+    for r in rows:
+        assert r["static_fps"] > 0 and r["moving_fps"] > 0
+        assert 0.1 <= r["moving_scale"] <= 1.0
+        assert r["backend"]
+    table = format_viewer_markdown(rows, str(run))
+    assert table.count("| cpu |") == 2
