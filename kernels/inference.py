@@ -56,6 +56,7 @@ class NerfModel:
         self.sh_degree = int(f["sh_degree"])
         self.occ = OccupancySpec(**config["occupancy"])
         self.march = MarchSpec(**config["march"])
+        self._live: List[object] = []  # temporaries of the current call (see _new)
         self.scene_scale = float(config["scene"]["scale"])
         self.scene_offset = np.asarray(config["scene"]["offset"], np.float32)
         self.background = np.asarray(config.get("background") or [0, 0, 0], np.float32)
@@ -95,21 +96,36 @@ class NerfModel:
         m[:3, 3] = m[:3, 3] * self.scene_scale + self.scene_offset
         return m
 
+    def _new(self, dtype, shape) -> object:
+        """A temporary ndarray, kept alive until :meth:`_release` (after a sync)."""
+        # Taichi 1.7.4 on Vulkan never frees an ndarray that is garbage-collected
+        # while a launched kernel still uses it (measured: 12 MB lost per 50k x 64
+        # buffer; a viewer went past 20 GB in minutes). Dropping temporaries only
+        # after ti.sync() frees them on every arch.
+        a = ti.ndarray(dtype, shape=shape)
+        self._live.append(a)
+        return a
+
+    def _release(self) -> None:
+        """Wait for the launched kernels, then drop the temporaries of the last call."""
+        ti.sync()
+        self._live.clear()
+
     def field(self, pos, dirs) -> Tuple[object, object]:
         """Model-space positions, unit dirs (M,3) ndarrays -> sigma (M,), rgb (M,3) ndarrays."""
         M = pos.shape[0]
-        unit = ti.ndarray(ti.f32, shape=(M, 3))
+        unit = self._new(ti.f32, (M, 3))
         _to_unit(pos, self.lo, 1.0 / self.size, unit)
-        enc = ti.ndarray(ti.f32, shape=(M, self.grid_spec.out_dim))
+        enc = self._new(ti.f32, (M, self.grid_spec.out_dim))
         hash_grid_kernels(self.grid_spec).forward(unit, self.table, enc)
-        alloc = lambda shape: ti.ndarray(ti.f32, shape=shape)  # noqa: E731
+        alloc = lambda shape: self._new(ti.f32, shape)  # noqa: E731
         n_d = len(self.density_layers)
         h = mlp_k.mlp_forward(enc, self.density_layers, ["relu"] * (n_d - 1) + ["none"], alloc)
-        sigma = ti.ndarray(ti.f32, shape=(M,))
+        sigma = self._new(ti.f32, (M,))
         mlp_k.column_activation(h, 0, sigma, "exp")
-        sh = ti.ndarray(ti.f32, shape=(M, self.sh_degree ** 2))
+        sh = self._new(ti.f32, (M, self.sh_degree ** 2))
         sh_kernels(self.sh_degree).encode(dirs, sh)
-        x = ti.ndarray(ti.f32, shape=(M, h.shape[1] + sh.shape[1]))
+        x = self._new(ti.f32, (M, h.shape[1] + sh.shape[1]))
         mlp_k.concat_columns(h, sh, x)
         n_c = len(self.color_layers)
         rgb = mlp_k.mlp_forward(x, self.color_layers, ["relu"] * (n_c - 1) + ["sigmoid"], alloc)
@@ -119,34 +135,37 @@ class NerfModel:
         """Model-space rays (R,3) ndarrays, bg (3,) -> numpy rgb (R,3), depth (R,), opacity (R,)."""
         R = rays_o.shape[0]
         k = march_kernels(self.occ, self.march)
-        counts = ti.ndarray(ti.i32, shape=(R,))
+        counts = self._new(ti.i32, (R,))
         k.count(rays_o, rays_d, self.bitfield, counts)
         c = counts.to_numpy()
         starts_np = (np.cumsum(c) - c).astype(np.int32)
         M = int(c.sum())
-        rgb = ti.ndarray(ti.f32, shape=(R, 3))
-        depth = ti.ndarray(ti.f32, shape=(R,))
-        opacity = ti.ndarray(ti.f32, shape=(R,))
-        bg_rows = ti.ndarray(ti.f32, shape=(R, 3))
+        rgb = self._new(ti.f32, (R, 3))
+        depth = self._new(ti.f32, (R,))
+        opacity = self._new(ti.f32, (R,))
+        bg_rows = self._new(ti.f32, (R, 3))
         _fill_rows(bg_rows, np.asarray(bg, np.float32))
         if M == 0:
+            self._release()
             return {"rgb": np.broadcast_to(np.asarray(bg, np.float32), (R, 3)).copy(),
                     "depth": np.zeros(R, np.float32), "opacity": np.zeros(R, np.float32)}
-        starts = ti.ndarray(ti.i32, shape=(R,))
+        starts = self._new(ti.i32, (R,))
         starts.from_numpy(starts_np)
-        t = ti.ndarray(ti.f32, shape=(M,))
-        dt = ti.ndarray(ti.f32, shape=(M,))
-        pos = ti.ndarray(ti.f32, shape=(M, 3))
-        dirs = ti.ndarray(ti.f32, shape=(M, 3))
-        ray_index = ti.ndarray(ti.i32, shape=(M,))
+        t = self._new(ti.f32, (M,))
+        dt = self._new(ti.f32, (M,))
+        pos = self._new(ti.f32, (M, 3))
+        dirs = self._new(ti.f32, (M, 3))
+        ray_index = self._new(ti.i32, (M,))
         k.fill(rays_o, rays_d, self.bitfield, starts, t, dt, pos, dirs, ray_index)
         sigma, colour = self.field(pos, dirs)
-        rays = ti.ndarray(ti.i32, shape=(R, 2))
+        rays = self._new(ti.i32, (R, 2))
         rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))
-        n_used = ti.ndarray(ti.i32, shape=(R,))
+        n_used = self._new(ti.i32, (R,))
         composite_k.composite_forward(sigma, colour, t, dt, rays, bg_rows, T_THRESHOLD,
                                       rgb, depth, opacity, n_used)
-        return {"rgb": rgb.to_numpy(), "depth": depth.to_numpy(), "opacity": opacity.to_numpy()}
+        out = {"rgb": rgb.to_numpy(), "depth": depth.to_numpy(), "opacity": opacity.to_numpy()}
+        self._release()
+        return out
 
     def render_image(self, c2w_model: np.ndarray, intrinsics, width: int, height: int,
                      bg=None, distortion=(0.0, 0.0, 0.0, 0.0),
@@ -163,8 +182,8 @@ class NerfModel:
         for start in range(0, pix.shape[0], chunk):
             p = np.ascontiguousarray(pix[start:start + chunk])
             R = p.shape[0]
-            rays_o = ti.ndarray(ti.f32, shape=(R, 3))
-            rays_d = ti.ndarray(ti.f32, shape=(R, 3))
+            rays_o = self._new(ti.f32, (R, 3))
+            rays_d = self._new(ti.f32, (R, 3))
             generate_rays(p, np.zeros(R, np.int32), intr, dist, c2w, rays_o, rays_d)
             parts.append(self.render_rays(rays_o, rays_d, self.background if bg is None else bg))
         out = {k: np.concatenate([q[k] for q in parts]) for k in ("rgb", "depth", "opacity")}

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -188,6 +188,7 @@ class Viewer:
         self.show_panel = not headless
         self.dynamic_resolution = True
         self.res_scale = 1.0
+        self._last_moving: Optional[Tuple[float, float]] = None  # (start, render s) of the last moving frame
         self.image: Optional[np.ndarray] = None   # last full window image (H,W,3)
         self.last_render: Optional[Dict[str, np.ndarray]] = None
         self.stats = {"fps": 0.0, "step": 0, "loss": float("nan"), "psnr": float("nan"),
@@ -248,12 +249,26 @@ class Viewer:
         dt = time.perf_counter() - t0
         self.stats["render_ms"] = dt * 1e3
         if moving and self.dynamic_resolution:
-            # hold the target frame rate: pixels scale with the square of the factor
-            want = self.res_scale * math.sqrt((1.0 / self.target_fps) / max(dt, 1e-4))
-            self.res_scale = float(np.clip(0.5 * self.res_scale + 0.5 * want, 0.1, 1.0))
+            self.res_scale = self._next_scale(t0, dt)
+        else:
+            self._last_moving = None
         self.last_render = out
         img = resize_nearest(colorize(self.mode, out, self.exposure), self.width, self.height)
         return self.overlay(img)
+
+    def _next_scale(self, start: float, render_s: float) -> float:
+        """Resolution factor that holds target_fps for the whole frame, from this render's time."""
+        budget = 1.0 / self.target_fps
+        if self._last_moving is not None and start - self._last_moving[0] < 1.0:
+            last_start, last_render = self._last_moving
+            # the rest of a frame (upscaling, upload, GUI, training steps) does not shrink with
+            # the resolution: the renderer gets what remains of the frame budget
+            other = max(0.0, (start - last_start) - last_render)
+            budget = max(budget - other, 0.25 * budget)
+        self._last_moving = (start, render_s)
+        # pixels, and so render time, scale with the square of the factor
+        want = self.res_scale * math.sqrt(budget / max(render_s, 1e-4))
+        return float(np.clip(0.5 * self.res_scale + 0.5 * want, 0.1, 1.0))
 
     def overlay(self, img: np.ndarray) -> np.ndarray:
         """Draw training cameras (red) and occupied cells (green) as dots on the image."""

@@ -180,3 +180,24 @@ def test_viewer_benchmark_reports_both_modes(trained, cpu_runtime):
         assert r["backend"]
     table = format_viewer_markdown(rows, str(run))
     assert table.count("| cpu |") == 2
+
+
+def test_dynamic_resolution_counts_the_rest_of_the_frame(trained, cpu_runtime):
+    """The frame budget covers upscaling, upload and GUI too: with 40 ms of such work per
+    frame at 15 fps, the renderer gets ~27 ms and the factor settles lower than without."""
+    run, _ = trained
+    v = viewer_for_run(run, "cpu", headless=True, width=64, height=64)
+    v.target_fps = 15.0
+
+    def settle(other_s: float) -> float:
+        v.res_scale, v._last_moving = 1.0, None
+        start = 0.0
+        for _ in range(40):
+            render_s = 0.2 * v.res_scale ** 2   # render time scales with the pixel count
+            v.res_scale = v._next_scale(start, render_s)
+            start += render_s + other_s
+        return v.res_scale
+
+    alone, with_overhead = settle(0.0), settle(0.04)
+    assert alone == pytest.approx((1 / 15 / 0.2) ** 0.5, rel=0.02)
+    assert with_overhead == pytest.approx(((1 / 15 - 0.04) / 0.2) ** 0.5, rel=0.02)
