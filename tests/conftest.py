@@ -86,3 +86,22 @@ def trained(scene_dir, tmp_path_factory):
     return out, metrics
 
 
+def cli(capsys, *argv):
+    """Run `taichi-nerf argv...` in-process -> (exit code, stdout, stderr)."""
+    from taichi_nerf.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, command, *needles):
+    """Exit code 2 and one stderr line `taichi-nerf <command>: error: ...` containing needles."""
+    assert rc == 2, f"exit code {rc}, stderr: {err!r}"
+    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
+    line = err.rstrip("\n")
+    assert line.startswith(f"taichi-nerf {command}: error: "), line
+    assert "Traceback" not in line
+    for n in needles:
+        assert str(n) in line, f"{n!r} not in {line!r}"
+    return line

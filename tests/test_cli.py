@@ -24,29 +24,12 @@ from taichi_nerf import runtime
 from taichi_nerf.cli import main
 from taichi_nerf.data import builtin
 
+from conftest import assert_one_line_error, cli
+
 RES = 32
 TRAIN_STEPS = 3
 # Small hash table, CPU, no progress bar: a run trains in a few seconds on 2 cores.
 FAST = ["--log2-table", "12", "--arch", "cpu", "--quiet"]
-
-
-def cli(capsys, *argv):
-    """Run `taichi-nerf argv...` in-process -> (exit code, stdout, stderr)."""
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, command, *needles):
-    """Exit code 2 and one stderr line `taichi-nerf <command>: error: ...` containing needles."""
-    assert rc == 2, f"exit code {rc}, stderr: {err!r}"
-    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
-    line = err.rstrip("\n")
-    assert line.startswith(f"taichi-nerf {command}: error: "), line
-    assert "Traceback" not in line
-    for n in needles:
-        assert str(n) in line, f"{n!r} not in {line!r}"
-    return line
 
 
 # ------------------------------------------------------------------ fixtures

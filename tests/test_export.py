@@ -17,32 +17,15 @@ import torch
 from taichi_nerf import camera_paths as cp
 from taichi_nerf import export as ex
 from taichi_nerf import runtime
-from taichi_nerf.cli import _parser, main
+from taichi_nerf.cli import _parser
 from taichi_nerf.data import builtin
 from taichi_nerf.data.scene import SceneTransform
 from taichi_nerf.trainer import load_model
 
+from conftest import assert_one_line_error, cli
+
 BLENDER = SceneTransform(scale=1.0 / 3.0, offset=np.full(3, 0.5), aabb_scale=1)
 CENTER, RADIUS = np.array([0.2, -0.1, 0.05]), 0.6  # world units
-
-
-def cli(capsys, *argv):
-    """Run `taichi-nerf argv...` in-process -> (exit code, stdout, stderr)."""
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, command, *needles):
-    """Exit code 2 and one stderr line `taichi-nerf <command>: error: ...` containing needles."""
-    assert rc == 2, f"exit code {rc}, stderr: {err!r}"
-    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
-    line = err.rstrip("\n")
-    assert line.startswith(f"taichi-nerf {command}: error: "), line
-    assert "Traceback" not in line
-    for n in needles:
-        assert str(n) in line, f"{n!r} not in {line!r}"
-    return line
 
 
 # ------------------------------------------------------------------ analytic sphere
