@@ -51,9 +51,23 @@ def make_level_funcs(spec: HashGridSpec):
     @ti.func
     def level_corners(p, l: ti.template()):
         res = ti.static(resolutions[l])
-        q = ti.math.clamp(p, 0.0, 1.0) * res
-        cell = ti.min(ti.cast(ti.floor(q), ti.i32), res - 1)
-        frac = q - ti.cast(cell, ti.f32)
+        # p * res in float32 rounds to 1 ulp of res (1.5e-5 at 256), which moves the
+        # trilinear weights by as much: measured up to 1.5e-5 relative error against the
+        # float64 reference. Split p so that p_hi * res is exact (at most 24 significant
+        # bits) and the remainder, < 2^-k * res, adds with an error far below one ulp.
+        split = ti.static(float(2 ** (23 - int(res).bit_length())))
+        pc = ti.math.clamp(p, 0.0, 1.0)
+        p_hi = ti.floor(pc * split) / split
+        q_hi = p_hi * res
+        q_lo = (pc - p_hi) * res
+        cell_f = ti.floor(q_hi)
+        frac = (q_hi - cell_f) + q_lo
+        carry = frac >= 1.0        # q_lo crossed into the next cell
+        cell_f += ti.select(carry, 1.0, 0.0)
+        frac -= ti.select(carry, 1.0, 0.0)
+        top = cell_f > res - 1     # p == 1: the last cell, at its far face
+        frac += ti.select(top, cell_f - (res - 1), 0.0)
+        cell = ti.cast(ti.min(cell_f, res - 1), ti.i32)
         rows = ti.Vector.zero(ti.i32, 8)
         weights = ti.Vector.zero(ti.f32, 8)
         for c in ti.static(range(8)):
