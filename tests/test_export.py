@@ -151,6 +151,16 @@ def analytic_surface_points(n, rng):
     return p[np.abs(builtin.scene_sdf(p)) < 1e-4]
 
 
+def primitive_gaps(n: int = 100_000):
+    """{(a, b): smallest distance from primitive a's surface to primitive b} in world units."""
+    pts = analytic_surface_points(n, np.random.default_rng(1))
+    prims = builtin.PRIMITIVES
+    d = np.stack([np.abs(builtin.primitive_sdf(pts, p)) for p in prims], 1)
+    owner = d.argmin(1)
+    return {(p.name, q.name): float(builtin.primitive_sdf(pts[owner == i], q).min())
+            for i, p in enumerate(prims) for q in prims if q is not p}
+
+
 MESH_RESOLUTION = 128
 # The default level (sigma 10) is the best measured on the default-budget run (150 s, 31 dB):
 # Chamfer 0.0085 world units at R=128 (5: 0.0111, 20: 0.0091, 50: 0.033). The 500-step test
@@ -195,10 +205,23 @@ def test_trained_mesh_closed_and_coloured(run_mesh):
     labels = ex.connected_components(len(m.vertices), m.faces)
     sizes = np.bincount(labels)
     big = np.nonzero(sizes > 0.01 * len(m.vertices))[0]
-    # one closed piece per primitive; ball and ring are 0.025 apart, less than the surface's
-    # outward bias, so they may join
-    assert len(big) in (len(builtin.PRIMITIVES) - 1, len(builtin.PRIMITIVES)), sizes[big]
     v = m.vertices.astype(np.float64)
+    # Closed pieces, one per primitive, except that primitives closer than 0.1 may join:
+    # the briefly trained surface is soft and sits ~0.01-0.03 outside the true one, and the
+    # shadowed gaps between ball and ring (0.04) and ball and box (0.087) can fill in.
+    gaps = primitive_gaps()
+    touched = [{p.name for p in builtin.PRIMITIVES
+                if (np.abs(builtin.primitive_sdf(v[labels == b], p)) < 0.05).sum() >= 50}
+               for b in big]
+    assert set().union(*touched) == {p.name for p in builtin.PRIMITIVES}, touched
+    for names in touched:  # a piece holds primitives chained by gaps < 0.1, nothing more
+        reached, todo = set(), [min(names)]
+        while todo:
+            a = todo.pop()
+            reached.add(a)
+            todo += [b for b in names - reached if gaps[a, b] < 0.1]
+        assert reached == names, f"{sorted(names)} joined across a gap of 0.1 or more"
+    assert {"pillar"} in touched and {"bead"} in touched, touched  # > 0.1 from the rest
     c = m.colors.astype(np.float64)
     # the bead is solid teal (0.10, 0.70, 0.70), the ball red and cream (red dominates)
     by_name = {p.name: p for p in builtin.PRIMITIVES}
