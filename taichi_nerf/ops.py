@@ -80,21 +80,21 @@ class _HashEncode(torch.autograd.Function):
         want_pos = ctx.needs_input_grad[0]
         g_table = torch.zeros_like(table)
         g_pos = torch.zeros_like(pos) if want_pos else None
-        arch = runtime.current().arch
+        rt = runtime.current()
         k = hash_grid_kernels(spec)
         if want_pos:
-            if not runtime.current().ndarray_autodiff:
+            if not rt.ndarray_autodiff:
                 raise NotImplementedError(
                     f"hash-grid gradients with respect to positions need ndarray autodiff, "
-                    f"which Taichi 1.7.4 offers on cpu and cuda only (arch is {arch})")
+                    f"which Taichi 1.7.4 offers on cpu and cuda only (arch is {rt.arch})")
             out = torch.empty_like(grad_out)
             # the grad kernel consumes (zeroes) out.grad: hand it a copy
             k.forward_ad_pos.grad(_with_grad(pos, g_pos), _with_grad(table, g_table),
                                   _with_grad(out, grad_out.clone()))
-        elif arch == "cpu":
+        elif rt.table_grad == "by_level":
             # one task per level: no atomics, ~3x faster than autodiff here (docs/design-notes.md)
             k.table_grad_by_level(pos.detach(), grad_out, g_table)
-        elif arch == "cuda":
+        elif rt.table_grad == "atomic":
             k.table_grad_atomic(pos.detach(), grad_out, g_table)
         else:
             _field_grad(spec).table_grad(pos.detach(), table.detach(), grad_out, g_table)

@@ -36,12 +36,25 @@ class Runtime:
     @property
     def zero_copy(self) -> bool:
         """True where Taichi kernels read torch tensors in place (cpu/cpu, cuda/cuda)."""
-        return self.arch in ("cpu", "cuda")
+        return torch_shares_device(self.arch)
 
     @property
     def ndarray_autodiff(self) -> bool:
         """True where Taichi 1.7.4 differentiates ndarray kernels correctly (cpu, cuda)."""
         return self.arch in ("cpu", "cuda")
+
+    @property
+    def table_grad(self) -> str:
+        """Hash-table gradient kernel for this arch: "by_level" (few CPU cores: one task per
+        level, no atomics), "atomic" (CUDA: one thread per point and level) or "field"
+        (Vulkan/Metal: field autodiff, as ndarray autodiff is unavailable there)."""
+        return {"cpu": "by_level", "cuda": "atomic"}.get(self.arch, "field")
+
+
+def torch_shares_device(arch: str) -> bool:
+    """True where torch can run on the Taichi arch's device (cpu, cuda), so torch ops may sit
+    inside a frame or a step; on vulkan/metal only the torch-free kernels can."""
+    return arch in ("cpu", "cuda")
 
 
 _current: Optional[Runtime] = None

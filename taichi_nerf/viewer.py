@@ -17,6 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from taichi_nerf import runtime
 from taichi_nerf.cameras import orbit_poses
 
 MODES = ("rgb", "depth", "opacity")
@@ -468,7 +469,7 @@ def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = 
         raise ViewerError(f"{ckpt}: no checkpoint (train one with `taichi-nerf train --out {run}`)")
     cfg, arrays = load_checkpoint(ckpt, required_arrays=["occupancy/density"],
                                   required_config=["orbit", "width", "height", "intrinsics"])
-    if arch in ("cpu", "cuda"):
+    if runtime.torch_shares_device(arch):
         from taichi_nerf.trainer import load_model
         _, renderer, _ = load_model(ckpt)
         preview = TorchPreview(renderer)

@@ -123,8 +123,11 @@ def machine_info(arch: Optional[str] = None) -> Dict[str, Any]:
         "commit": git_commit(),
         "arch": arch,
     }
-    if arch == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+    from taichi_nerf import runtime
+
+    dev = runtime.device()
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
     return info
 
 
