@@ -16,10 +16,9 @@ from typing import List, Optional
 
 from taichi_nerf import runtime
 from taichi_nerf.data import DataError, detect_format, load_dataset
-from taichi_nerf.trainer import TrainConfig, Trainer, run_training
+from taichi_nerf.trainer import Trainer, run_training
 
-QUICK = dict(steps=20, target_samples=1 << 13, log2_table=15, occ_resolution=64,
-             occ_cells_per_update=1 << 16, occ_warmup_steps=8)
+from _training_args import add_training_args, training_config
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
@@ -28,11 +27,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p.add_argument("data", type=Path, help="Blender-format dataset folder")
     p.add_argument("--out", type=Path, default=Path("runs/blender"))
     p.add_argument("--downscale", type=int, default=1, help="shrink images by this factor")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--time", type=float, default=None, help="wall-clock budget in seconds")
-    p.add_argument("--arch", default="auto", choices=runtime.ARCHS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a few steps, small settings (smoke test)")
+    add_training_args(p)
     a = p.parse_args(argv)
 
     try:
@@ -43,15 +38,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         val = load_dataset(a.data, "val", a.downscale, scene=train.scene)
     except DataError as e:  # one clear line naming the file, never a traceback
         sys.exit(str(e))
-    settings = dict(QUICK) if a.quick else {}
-    if a.steps is not None:
-        settings["steps"] = a.steps
-    if a.time is not None:
-        settings.pop("steps", None)
-        settings["time"] = a.time
-    if "steps" not in settings and "time" not in settings:
-        settings["time"] = 300.0
-    cfg = TrainConfig(seed=a.seed, **settings)
+    cfg = training_config(a, default_time=300.0)
     metrics = run_training(Trainer(train, cfg), a.out, val=val, progress=not a.quick)
     print(f"{rt.arch}: {metrics['steps']} steps in {metrics['train_seconds']:.1f} s, "
           f"val PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} -> {a.out}")

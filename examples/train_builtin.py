@@ -16,22 +16,17 @@ from typing import List, Optional
 
 from taichi_nerf import runtime
 from taichi_nerf.data import builtin, load_dataset
-from taichi_nerf.trainer import TrainConfig, Trainer, run_training
+from taichi_nerf.trainer import Trainer, run_training
 
-QUICK = dict(steps=20, target_samples=1 << 13, log2_table=15, occ_resolution=64,
-             occ_cells_per_update=1 << 16, occ_warmup_steps=8)
+from _training_args import add_training_args, training_config
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     """Train and evaluate; returns the metrics dict written to RUN/metrics.json."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/builtin"))
-    p.add_argument("--steps", type=int, default=None, help="training steps")
-    p.add_argument("--time", type=float, default=None, help="or a wall-clock budget in seconds")
     p.add_argument("--res", type=int, default=builtin.DEFAULT_RESOLUTION, help="image side, pixels")
-    p.add_argument("--arch", default="auto", choices=runtime.ARCHS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a few steps, small settings (smoke test)")
+    add_training_args(p)
     a = p.parse_args(argv)
 
     rt = runtime.init(a.arch, verbose=True)
@@ -39,15 +34,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     train = load_dataset(scene_dir, "train")
     # evaluate in the training scene's frame (the transform is saved in the checkpoint)
     test = load_dataset(scene_dir, "test", scene=train.scene)
-    settings = dict(QUICK) if a.quick else {}
-    if a.steps is not None:
-        settings["steps"] = a.steps
-    if a.time is not None:
-        settings.pop("steps", None)
-        settings["time"] = a.time
-    if "steps" not in settings and "time" not in settings:
-        settings["time"] = 150.0  # the CLI's default budget
-    cfg = TrainConfig(seed=a.seed, **settings)
+    cfg = training_config(a, default_time=150.0)  # the CLI's default budget
     metrics = run_training(Trainer(train, cfg), a.out, val=test, progress=not a.quick)
     print(f"{rt.arch}: {metrics['steps']} steps in {metrics['train_seconds']:.1f} s, "
           f"test PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} -> {a.out}")

@@ -16,7 +16,8 @@ from .specs import MarchSpec, OccupancySpec
 
 
 def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
-    """@ti.funcs for one grid/step rule: ``step_size(t)``, ``march_ray(...)``."""
+    """@ti.funcs for one grid/step rule: ``step_size(t)``, ``march_ray(...)``,
+    ``cell_exit_t(o, inv_d, p, c, t)``."""
     C, R = occ.n_cascades, occ.resolution
     lo, hi = occ.aabb
     min_step, max_step, cone = march.min_step, march.max_step, march.cone
@@ -78,7 +79,7 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
                 t += n_steps * dt
         return n
 
-    return step_size, march_ray
+    return step_size, march_ray, cell_exit_t
 
 
 class MarchKernels:
@@ -91,7 +92,7 @@ class MarchKernels:
 
     def __init__(self, occ: OccupancySpec, march: MarchSpec):
         self.occ, self.march = occ, march
-        self.step_size, march_ray = make_march_funcs(occ, march)
+        self.step_size, march_ray, _ = make_march_funcs(occ, march)
         self.march_ray = march_ray
 
         @ti.kernel

@@ -163,7 +163,7 @@ class NerfScene:
 
         self.threshold = ti.field(ti.f32, shape=())
         self.threshold[None] = float(density_threshold)
-        self._step_size, _ = make_march_funcs(self.occ, self.march_spec)
+        self._step_size, _, self._cell_exit_t = make_march_funcs(self.occ, self.march_spec)
 
     # ------------------------------------------------------------------ python side
     @classmethod
@@ -289,20 +289,6 @@ class NerfScene:
         for li in ti.static(range(self._n_layers[1])):
             h = self._dense(h, 1, li, self._acts[1][li])
         return ti.Vector([h[0], h[1], h[2]])
-
-    @ti.func
-    def _cell_exit_t(self, o, inv_d, p, c, t):
-        """t at which a model-space ray leaves its cell of cascade c (march.py's rule)."""
-        R = ti.static(self.occ.resolution)
-        size = ti.cast(1 << c, ti.f32)
-        q = ((p - 0.5) / size + 0.5) * R
-        cell = ti.floor(q)
-        tx = ti.Vector([0.0, 0.0, 0.0])
-        for a in ti.static(range(3)):
-            bnd = cell[a] + (1.0 if inv_d[a] > 0 else 0.0)
-            wb = (bnd / R - 0.5) * size + 0.5
-            tx[a] = (wb - o[a]) * inv_d[a]
-        return ti.max(ti.min(tx[0], tx[1], tx[2]), t)
 
     @ti.func
     def _march(self, o_world, d_world, with_colour: ti.template()):
