@@ -258,10 +258,9 @@ def order_around(poses: np.ndarray, center: Sequence[float],
     closed is True when they surround the centre (no azimuth gap over 90 degrees)."""
     up_v = np.asarray(up, np.float64) / np.linalg.norm(up)
     rel = np.asarray(poses, np.float64)[:, :3, 3] - np.asarray(center, np.float64)
-    helper = np.array([1.0, 0.0, 0.0]) if abs(up_v[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    e1 = helper - up_v * np.dot(helper, up_v)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(up_v, e1)
+    from taichi_nerf.cameras import horizontal_basis
+
+    e1, e2 = horizontal_basis(up_v)
     az = np.arctan2(rel @ e2, rel @ e1)
     order = np.argsort(az, kind="stable")
     if len(order) < 3:

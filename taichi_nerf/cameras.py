@@ -154,6 +154,16 @@ def look_at(eye: Sequence[float], center: Sequence[float],
     return m.astype(np.float32)
 
 
+def horizontal_basis(up) -> Tuple[np.ndarray, np.ndarray]:
+    """Orthonormal (e1, e2) (3,) float64 spanning the plane normal to unit `up`: the azimuth
+    frame of orbit_poses. For up = +z it is (x, y), so azimuth 0 sits on +x as in Blender."""
+    up = np.asarray(up, np.float64)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = helper - up * np.dot(helper, up)
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(up, e1)
+
+
 def orbit_poses(n: int, radius: float, elevation_deg: float,
                 center: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0),
                 start_azimuth_deg: float = 0.0) -> np.ndarray:
@@ -169,12 +179,7 @@ def orbit_poses(n: int, radius: float, elevation_deg: float,
     if np.linalg.norm(up_v) == 0:
         raise ValueError("up must be a non-zero vector")
     up_v = up_v / np.linalg.norm(up_v)
-    # An orthonormal basis (e1, e2) of the horizontal plane; for up = +z it is (x, y),
-    # so azimuth 0 sits on +x as in Blender's orbit renders.
-    helper = np.array([1.0, 0.0, 0.0]) if abs(up_v[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    e1 = helper - up_v * np.dot(helper, up_v)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(up_v, e1)
+    e1, e2 = horizontal_basis(up_v)
     c = np.asarray(center, np.float64).reshape(3)
     el = math.radians(elevation_deg)
     out = np.empty((n, 4, 4), np.float32)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from taichi_nerf import runtime
-from taichi_nerf.cameras import orbit_poses
+from taichi_nerf.cameras import horizontal_basis, orbit_poses
 
 MODES = ("rgb", "depth", "opacity")
 
@@ -77,10 +77,7 @@ class OrbitCamera:
         up = self.up / np.linalg.norm(self.up)
         self.elevation = float(np.degrees(np.arcsin(np.clip(v @ up / self.radius, -1, 1))))
         # azimuth in the same horizontal basis that orbit_poses uses
-        helper = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-        e1 = helper - up * (helper @ up)
-        e1 /= np.linalg.norm(e1)
-        e2 = np.cross(up, e1)
+        e1, e2 = horizontal_basis(up)
         self.azimuth = float(np.degrees(math.atan2(v @ e2, v @ e1)))
         self.override = np.asarray(pose, np.float32)
 
