@@ -28,6 +28,7 @@ import torch
 
 from taichi_nerf.camera_paths import CameraPath
 from taichi_nerf.data.scene import SceneTransform, to_model_space
+from taichi_nerf.reference import cascade_of, cell_index
 
 DEFAULT_RESOLUTION = 256
 MAX_RESOLUTION = 1024        # 1024^3 float32 samples = 4 GiB; marching cubes needs about as much again
@@ -56,19 +57,6 @@ class Mesh:
 
 
 # ---------------------------------------------------------------- occupancy
-def _cascade_of(pts: torch.Tensor, n_cascades: int) -> torch.Tensor:
-    """Finest cascade (K,) int64 whose box holds each model point (K,3) (cascade c spans 2^c around 0.5)."""
-    m = (pts - 0.5).abs().amax(dim=1).mul(2.0).clamp_min(1e-12)
-    return torch.ceil(torch.log2(m)).clamp(0, n_cascades - 1).long()
-
-
-def _cell_index(pts: torch.Tensor, cascade: torch.Tensor, res: int) -> torch.Tensor:
-    """Flat occupancy cell index (K,) of model points (K,3) in their cascade (x fastest, then y, z)."""
-    size = torch.pow(2.0, cascade.float())[:, None]
-    ijk = torch.floor(((pts - 0.5) / size + 0.5) * res).long().clamp_(0, res - 1)
-    return cascade * res ** 3 + ijk[:, 0] + ijk[:, 1] * res + ijk[:, 2] * res * res
-
-
 def occupied_cells(grid, dilate: int = 1) -> torch.Tensor:
     """bool (n_cascades, R, R, R) indexed [c, z, y, x]: the grid's occupied cells, dilated by `dilate` cells."""
     spec = grid.spec
@@ -87,7 +75,7 @@ def occupancy_mask_fn(grid, dilate: int = 1) -> Callable[[torch.Tensor], torch.T
     n, res = grid.spec.n_cascades, grid.spec.resolution
 
     def mask(pts: torch.Tensor) -> torch.Tensor:
-        return occ[_cell_index(pts, _cascade_of(pts, n), res)]
+        return occ[cell_index(pts, cascade_of(pts, n), res)]
     return mask
 
 

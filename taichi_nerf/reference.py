@@ -73,7 +73,14 @@ def unpack_bitfield(bitfield: torch.Tensor, n_cells: int) -> torch.Tensor:
     return ((bitfield.long()[idx >> 5] >> (idx & 31)) & 1).bool()
 
 
-def _cell_index(p: torch.Tensor, c: torch.Tensor, res: int) -> torch.Tensor:
+def cascade_of(p: torch.Tensor, n_cascades: int) -> torch.Tensor:
+    """Finest cascade (K,) int64 whose box holds each model point (K,3) (cascade c spans 2^c)."""
+    m = ((p - 0.5).abs().amax(-1) * 2).clamp(min=1.0)
+    return torch.ceil(torch.log2(m) - 1e-6).long().clamp(0, n_cascades - 1)
+
+
+def cell_index(p: torch.Tensor, c: torch.Tensor, res: int) -> torch.Tensor:
+    """Flat occupancy cell index (K,) of model points (K,3) in cascades c (x fastest, then y, z)."""
     size = (2.0 ** c.to(p.dtype))[:, None]
     q = ((p - 0.5) / size + 0.5) * res
     cell = q.floor().long().clamp(0, res - 1)
@@ -111,14 +118,13 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, occupied: torch.Tenso
         a = ray_ids[active]
         ta, dta = t[a], dt[a]
         p = rays_o[a] + (ta + 0.5 * dta)[:, None] * rays_d[a]
-        m = ((p - 0.5).abs().amax(-1) * 2).clamp(min=1.0)
-        c = torch.ceil(torch.log2(m) - 1e-6).long().clamp(0, C - 1)
+        c = cascade_of(p, C)
         while True:  # a step larger than the cascade's cell moves to a coarser cascade
             bump = (c < C - 1) & (dta * res > 2.0 ** c.to(dta.dtype))
             if not bump.any():
                 break
             c = c + bump.long()
-        occ_here = occupied[_cell_index(p, c, res)]
+        occ_here = occupied[cell_index(p, c, res)]
         hit = a[occ_here]
         chunks.append((hit, n[hit].clone(), ta[occ_here] + 0.5 * dta[occ_here], dta[occ_here]))
         n[hit] += 1
