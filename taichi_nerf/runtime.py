@@ -171,3 +171,9 @@ def current() -> Runtime:
 def device() -> torch.device:
     """The torch device matching the Taichi arch (cuda for cuda, cpu otherwise)."""
     return current().torch_device
+
+
+def gpu_name() -> Optional[str]:
+    """Name of the GPU torch runs on, or None when torch runs on the CPU (benchmark records)."""
+    dev = device()
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else None

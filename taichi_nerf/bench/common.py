@@ -125,9 +125,9 @@ def machine_info(arch: Optional[str] = None) -> Dict[str, Any]:
     }
     from taichi_nerf import runtime
 
-    dev = runtime.device()
-    if dev.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(dev)
+    gpu = runtime.gpu_name()
+    if gpu is not None:
+        info["gpu"] = gpu
     return info
 
 
