@@ -402,11 +402,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
         rows = run_viewer_benchmark(a.viewer, rt.arch, frames=20 if rt.arch == "cpu" else 6)
         results["viewer"] = rows
         print(format_viewer_markdown(rows, str(a.viewer)))
-        if a.json:
-            a.json.write_text(json.dumps(results, indent=2, default=str))
-        return 0
-    kernels = a.kernels or a.quick or not a.training
-    training = (a.training or not a.kernels) and not a.quick
+    only_viewer = a.viewer is not None
+    kernels = (a.kernels or a.quick or not a.training) and not only_viewer
+    training = (a.training or not a.kernels) and not a.quick and not only_viewer
     if kernels:
         cmd = "taichi-nerf bench" + (" --quick" if a.quick else " --kernels")
         res = run_kernel_benchmark(arch=rt.arch, quick=a.quick, command=cmd)
