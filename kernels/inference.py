@@ -15,6 +15,7 @@ from . import mlp as mlp_k
 from .camera import generate_rays
 from .hash_grid import hash_grid_kernels
 from .march import march_kernels
+from .occupancy import checkpoint_bitfield
 from .sh import sh_kernels
 from .specs import HashGridSpec, MarchSpec, OccupancySpec
 
@@ -69,12 +70,8 @@ class NerfModel:
                                for w, b in _linear_layers(arrays, "field/density_net.")]
         self.color_layers = [(self._upload(w), self._upload(b))
                              for w, b in _linear_layers(arrays, "field/color_net.")]
-        density = np.asarray(arrays["occupancy/density"], np.float32)
         self.bitfield = ti.ndarray(ti.i32, shape=(self.occ.n_words,))
-        from .occupancy import pack_bitfield
-        visited = density[density >= 0]
-        thr = min(0.01, float(visited.mean()) if visited.size else 0.01)
-        pack_bitfield(density, thr, self.bitfield)
+        self.bitfield.from_numpy(checkpoint_bitfield(config, arrays))
         lo, hi = self.occ.aabb
         self.lo, self.size = lo[0], hi[0] - lo[0]
 
@@ -136,7 +133,9 @@ class NerfModel:
         R = rays_o.shape[0]
         k = march_kernels(self.occ, self.march)
         counts = self._new(ti.i32, (R,))
-        k.count(rays_o, rays_d, self.bitfield, counts)
+        no_jitter = self._new(ti.f32, (R,))
+        no_jitter.fill(0.0)
+        k.count(rays_o, rays_d, no_jitter, self.bitfield, counts)
         c = counts.to_numpy()
         starts_np = (np.cumsum(c) - c).astype(np.int32)
         M = int(c.sum())
@@ -156,7 +155,7 @@ class NerfModel:
         pos = self._new(ti.f32, (M, 3))
         dirs = self._new(ti.f32, (M, 3))
         ray_index = self._new(ti.i32, (M,))
-        k.fill(rays_o, rays_d, self.bitfield, starts, t, dt, pos, dirs, ray_index)
+        k.fill(rays_o, rays_d, no_jitter, self.bitfield, starts, t, dt, pos, dirs, ray_index)
         sigma, colour = self.field(pos, dirs)
         rays = self._new(ti.i32, (R, 2))
         rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))

@@ -42,14 +42,18 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
         return ti.max(ti.min(tx[0], tx[1], tx[2]), t)
 
     @ti.func
-    def march_ray(o, d, bitfield: ti.template(), write: ti.template(), base,
+    def march_ray(o, d, jitter, bitfield: ti.template(), write: ti.template(), base,
                   out_t: ti.template(), out_dt: ti.template(), out_pos: ti.template(),
                   out_dir: ti.template()) -> ti.i32:
-        """March one ray; if `write`, store samples at rows base.. of the outputs; returns count."""
+        """March one ray whose first step starts `jitter` (in [0,1)) steps past the near point;
+        if `write`, store samples at rows base.. of the outputs; returns the count."""
         box_lo = ti.Vector([lo[0], lo[1], lo[2]])
         box_hi = ti.Vector([hi[0], hi[1], hi[2]])
         t_near, t_far = ray_aabb(o, d, box_lo, box_hi)
         t = ti.max(t_near, near)
+        # a random start per ray and step, so that training rays do not all sample the same
+        # shells around each camera (instant-ngp: advance_n_steps(tmin, cone, random))
+        t += jitter * step_size(t)
         inv_d = safe_inv(d)
         n = 0
         while n < max_samples:
@@ -85,9 +89,12 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
 class MarchKernels:
     """Compiled marching kernels for one occupancy spec and step rule.
 
-    - ``count(rays_o (R,3), rays_d (R,3), bitfield (W,) i32, counts (R,) i32)``
-    - ``fill(rays_o, rays_d, bitfield, offsets (R,) i32, t (M,), dt (M,), pos (M,3), dir (M,3),
-      ray_index (M,) i32)``
+    - ``count(rays_o (R,3), rays_d (R,3), jitter (R,), bitfield (W,) i32, counts (R,) i32)``
+    - ``fill(rays_o, rays_d, jitter, bitfield, offsets (R,) i32, t (M,), dt (M,), pos (M,3),
+      dir (M,3), ray_index (M,) i32)``
+
+    ``jitter`` is each ray's start offset in steps, in [0, 1): zeros for rendering, uniform
+    random for training; count and fill must be given the same values.
     """
 
     def __init__(self, occ: OccupancySpec, march: MarchSpec):
@@ -98,16 +105,18 @@ class MarchKernels:
         @ti.kernel
         def count(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
                   rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  jitter: ti.types.ndarray(dtype=ti.f32, ndim=1),
                   bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1),
                   counts: ti.types.ndarray(dtype=ti.i32, ndim=1)):
             for r in range(rays_o.shape[0]):
                 o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
                 d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
-                counts[r] = march_ray(o, d, bitfield, False, 0, counts, counts, counts, counts)
+                counts[r] = march_ray(o, d, jitter[r], bitfield, False, 0, counts, counts, counts, counts)
 
         @ti.kernel
         def fill(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
                  rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 jitter: ti.types.ndarray(dtype=ti.f32, ndim=1),
                  bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1),
                  offsets: ti.types.ndarray(dtype=ti.i32, ndim=1),
                  out_t: ti.types.ndarray(dtype=ti.f32, ndim=1),
@@ -119,7 +128,7 @@ class MarchKernels:
                 o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
                 d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
                 base = offsets[r]
-                n = march_ray(o, d, bitfield, True, base, out_t, out_dt, out_pos, out_dir)
+                n = march_ray(o, d, jitter[r], bitfield, True, base, out_t, out_dt, out_pos, out_dir)
                 for k in range(n):
                     ray_index[base + k] = r
 

@@ -4,6 +4,7 @@ Cascade c covers the cube of side 2^c centred at 0.5 (cascade 0 is the unit
 box [0,1]^3). Cells are indexed c * res^3 + x + y * res + z * res^2; bit i of
 the bitfield lives in 32-bit word i // 32 (stored as int32).
 """
+import numpy as np
 import taichi as ti
 
 
@@ -50,18 +51,107 @@ def occupied_at(bitfield: ti.template(), p, n_cascades: ti.template(), res: ti.t
     return occ
 
 
+# instant-ngp's NERF_MIN_OPTICAL_THICKNESS: the threshold never exceeds it.
+MIN_OPTICAL_THICKNESS = 0.01
+# Density of a cell that no training camera sees: never occupied, never updated.
+UNSEEN = -1.0
+# Density of a cell not evaluated yet: occupied (nothing is known), counted as 0 in the mean.
+UNVISITED = float("inf")
+
+
 @ti.kernel
 def pack_bitfield(density: ti.types.ndarray(dtype=ti.f32, ndim=1), threshold: ti.f32,
                   bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1)):
-    """density (n_cells,) -> bitfield (n_words,): bit set where density > threshold or < 0 (unvisited)."""
+    """density (n_cells,) -> bitfield (n_words,): bit set where density > threshold."""
     n = density.shape[0]
     for w in range(bitfield.shape[0]):
         bits = ti.u32(0)
         for b in range(32):
             i = w * 32 + b
-            if i < n and (density[i] > threshold or density[i] < 0.0):
+            if i < n and density[i] > threshold:
                 bits |= ti.u32(1) << ti.cast(b, ti.u32)
         bitfield[w] = ti.cast(bits, ti.i32)
+
+
+@ti.kernel
+def _pool_into_coarser(bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1), c: ti.i32,
+                       res: ti.i32):
+    # The inner half of cascade c covers cascade c-1 with 2x2x2 children per cell.
+    q, h = res // 4, res // 2
+    for x, y, z in ti.ndrange(h, h, h):
+        any_child = 0
+        for i, j, k in ti.static(ti.ndrange(2, 2, 2)):
+            child = cell_index(c - 1, ti.Vector([2 * x + i, 2 * y + j, 2 * z + k]), res)
+            any_child |= is_occupied(bitfield, child)
+        if any_child:
+            idx = cell_index(c, ti.Vector([x + q, y + q, z + q]), res)
+            ti.atomic_or(bitfield[idx >> 5], ti.cast(ti.u32(1) << ti.cast(idx & 31, ti.u32), ti.i32))
+
+
+def occupancy_threshold(density, cells_per_cascade: int) -> float:
+    """The occupied rule's threshold: min(0.01, mean of cascade 0 = the first cells), with
+    unseen (-1) and unvisited (inf) cells counted as 0 (instant-ngp)."""
+    head = density[:cells_per_cascade]
+    if hasattr(head, "clamp"):  # a torch tensor (this layer never imports torch)
+        mean = float(head.nan_to_num(posinf=0.0).clamp(min=0.0).mean())
+    else:
+        head = np.nan_to_num(np.asarray(head, np.float32), posinf=0.0)
+        mean = float(np.maximum(head, 0.0).mean(dtype=np.float64))
+    return min(MIN_OPTICAL_THICKNESS, mean)
+
+
+def build_bitfield(density, resolution: int, n_cascades: int, bitfield) -> float:
+    """The one rule for "occupied" (instant-ngp's): density (n_cells,) -> bitfield (n_words,)
+    set where density > threshold (unvisited cells included, unseen ones never), then each coarser cascade also where a finer cell under it
+    is set; returns the threshold. Arrays may be numpy, torch or Taichi ndarrays."""
+    threshold = occupancy_threshold(density, resolution ** 3)
+    pack_bitfield(density, threshold, bitfield)
+    for c in range(1, n_cascades):
+        _pool_into_coarser(bitfield, c, resolution)
+    return threshold
+
+
+def unpack_bitfield(bitfield: np.ndarray, n_cells: int) -> np.ndarray:
+    """bool (n_cells,) from a packed bitfield (n_words,) int32 (bit i in word i // 32)."""
+    words = np.asarray(bitfield).astype(np.uint32)
+    bits = (words[:, None] >> np.arange(32, dtype=np.uint32)[None, :]) & 1
+    return bits.reshape(-1)[:n_cells].astype(bool)
+
+
+@ti.kernel
+def mark_unseen(res: ti.i32, c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
+                intrinsics: ti.types.ndarray(dtype=ti.f32, ndim=2), width: ti.i32, height: ti.i32,
+                density: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    """Set density to UNSEEN for every cell none of whose corners any camera sees, the others
+    to UNVISITED:
+    c2w (N,3|4,4) model space, intrinsics (N,4) fx fy cx cy, image size in pixels (pinhole:
+    lens distortion moves points near the border by a few pixels at most)."""
+    per = res * res * res
+    for i in range(density.shape[0]):
+        c = i // per
+        r = i % per
+        x, y, z = r % res, (r // res) % res, r // (res * res)
+        size = ti.cast(1 << c, ti.f32)
+        lo = 0.5 + size * (ti.Vector([ti.cast(x, ti.f32), ti.cast(y, ti.f32),
+                                      ti.cast(z, ti.f32)]) / res - 0.5)
+        seen = 0
+        for cam in range(c2w.shape[0]):
+            if seen:
+                break
+            o = ti.Vector([c2w[cam, 0, 3], c2w[cam, 1, 3], c2w[cam, 2, 3]])
+            for k in ti.static(range(8)):
+                corner = lo + size / res * ti.Vector([k & 1, (k >> 1) & 1, (k >> 2) & 1])
+                v = corner - o
+                # camera axes are the columns of c2w's rotation (OpenGL: looking down -z)
+                cx = v[0] * c2w[cam, 0, 0] + v[1] * c2w[cam, 1, 0] + v[2] * c2w[cam, 2, 0]
+                cy = v[0] * c2w[cam, 0, 1] + v[1] * c2w[cam, 1, 1] + v[2] * c2w[cam, 2, 1]
+                cz = -(v[0] * c2w[cam, 0, 2] + v[1] * c2w[cam, 1, 2] + v[2] * c2w[cam, 2, 2])
+                if cz > 1e-4 * v.norm():
+                    u = intrinsics[cam, 0] * cx / cz + intrinsics[cam, 2]
+                    w = -intrinsics[cam, 1] * cy / cz + intrinsics[cam, 3]
+                    if 0.0 < u < width and 0.0 < w < height:
+                        seen = 1
+        density[i] = UNVISITED if seen else UNSEEN
 
 
 @ti.kernel
@@ -79,3 +169,23 @@ def cell_centers(res: ti.i32, idx: ti.types.ndarray(dtype=ti.i32, ndim=1),
         for a in ti.static(range(3)):
             coord = x if a == 0 else (y if a == 1 else z)
             out[k, a] = 0.5 + size * ((ti.cast(coord, ti.f32) + jitter[k, a]) / res - 0.5)
+
+
+def checkpoint_bitfield(config: dict, arrays: dict) -> np.ndarray:
+    """The bitfield (n_words,) int32 a checkpoint's renderers sample: the one it saved (the
+    cells training sampled last), else rebuilt from its densities with :func:`build_bitfield`."""
+    res, n_cascades = int(config["occupancy"]["resolution"]), int(config["occupancy"]["n_cascades"])
+    n_cells = n_cascades * res ** 3
+    n_words = (n_cells + 31) // 32
+    if "occupancy/bitfield" in arrays:
+        bits = np.ascontiguousarray(arrays["occupancy/bitfield"], np.int32)
+        if bits.shape != (n_words,):
+            raise ValueError(f"occupancy bitfield has shape {bits.shape}, the config says "
+                             f"({n_words},)")
+        return bits
+    density = np.ascontiguousarray(arrays["occupancy/density"], np.float32)
+    if density.shape != (n_cells,):
+        raise ValueError(f"occupancy grid has {density.shape} cells, the config says {n_cells}")
+    bits = np.zeros(n_words, np.int32)
+    build_bitfield(density, res, n_cascades, bits)
+    return bits

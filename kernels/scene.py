@@ -42,7 +42,8 @@ from .hash_grid import make_level_funcs, mul_mod_pow2
 from .inference import T_THRESHOLD, _linear_layers, read_checkpoint
 from .march import make_march_funcs
 from .mlp import activate
-from .occupancy import cascade_of, cell_coords, cell_index, is_occupied, occupied_at, pack_bitfield
+from .occupancy import (cascade_of, cell_coords, cell_index, checkpoint_bitfield, is_occupied,
+                        occupied_at)
 from .rays import ray_aabb, safe_inv
 from .sh import make_sh_func
 from .specs import HASH_PRIMES, HashGridSpec, MarchSpec, OccupancySpec
@@ -150,14 +151,7 @@ class NerfScene:
         self._dynamic_inputs = ti.lang.impl.current_cfg().arch in (ti.x64, ti.arm64)
 
         # ---- occupancy bitfield, packed exactly as the torch renderer packs it
-        density = np.ascontiguousarray(arrays["occupancy/density"], np.float32)
-        if density.shape != (self.occ.n_cells,):
-            raise ValueError(f"occupancy grid has {density.shape} cells, the config says "
-                             f"{self.occ.n_cells}")
-        visited = density[density >= 0]
-        occ_thr = min(0.01, float(visited.mean()) if visited.size else 0.01)
-        bits = np.zeros(self.occ.n_words, np.int32)
-        pack_bitfield(density, occ_thr, bits)
+        bits = checkpoint_bitfield(config, arrays)
         self.bitfield = ti.field(ti.i32, shape=(self.occ.n_words,))
         self.bitfield.from_numpy(bits)
 

@@ -1,7 +1,6 @@
 """Occupancy grid on the torch side: density EMA per cell, packed bitfield, update schedule."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
@@ -13,54 +12,70 @@ from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
 class OccupancyGrid:
     """instant-ngp's occupancy grid: cells hold an EMA of optical thickness (sigma x min step).
 
-    Cells start unvisited (density -1, counted as occupied). :meth:`update`
-    samples cells (while warming up, every cell in turn; later a random share
-    plus a share of occupied cells), evaluates the density there, and marks
-    occupied the cells above min(threshold, mean of visited cells).
+    The rule for "occupied" is :func:`taichi_nerf.kernels.occupancy.build_bitfield`
+    (density above min(0.01, mean of cascade 0), max-pooled into coarser cascades);
+    the checkpoint saves the resulting bitfield, so every renderer samples the
+    same cells. Cells that no training camera sees (:meth:`mark_unseen`) hold
+    -1 and are never occupied or updated; cells not evaluated yet hold +inf and
+    count as occupied. Warm-up updates visit every cell in turn, a bounded share
+    per update (a CPU cannot afford instant-ngp's every cell every step).
     """
 
     def __init__(self, spec: OccupancySpec, march: MarchSpec, device: torch.device,
-                 decay: float = 0.95, threshold: float = 0.01, warmup_steps: int = 256,
+                 decay: float = 0.95, warmup_steps: int = 256,
                  max_cells_per_update: int = 1 << 18):
         self.spec, self.march, self.device = spec, march, device
-        self.decay, self.threshold, self.warmup_steps = decay, threshold, warmup_steps
+        self.decay, self.warmup_steps = decay, warmup_steps
         self.max_cells_per_update = max_cells_per_update
-        self.density = torch.full((spec.n_cells,), -1.0, device=device)
+        self.density = torch.full((spec.n_cells,), occ_k.UNVISITED, device=device)
         self.bitfield = torch.empty(spec.n_words, dtype=torch.int32, device=device)
+        self.threshold = 0.0
+        self.repack()
         self._cursor = 0  # warm-up visits the cells in a fixed order, all within a few updates
+
+    def mark_unseen(self, c2w: torch.Tensor, intrinsics: torch.Tensor, width: int,
+                    height: int) -> None:
+        """Mark cells outside every camera's view (c2w (N,3|4,4) model space, intrinsics (N,4)
+        fx fy cx cy, image size in pixels) as never occupied; the others start at 0."""
+        occ_k.mark_unseen(self.spec.resolution, c2w.contiguous(), intrinsics.contiguous(),
+                          int(width), int(height), self.density)
         self.repack()
 
-    def current_threshold(self) -> float:
-        """min(threshold, mean optical thickness of the visited cells)."""
-        visited = self.density[self.density >= 0]
-        mean = float(visited.mean()) if visited.numel() else self.threshold
-        return min(self.threshold, mean)
-
     def repack(self) -> None:
-        """Rebuild the bitfield from the densities."""
-        occ_k.pack_bitfield(self.density, self.current_threshold(), self.bitfield)
+        """Rebuild the bitfield from the densities (the one rule, in kernels.occupancy)."""
+        self.threshold = occ_k.build_bitfield(self.density, self.spec.resolution,
+                                              self.spec.n_cascades, self.bitfield)
 
     def due(self, step: int) -> bool:
         """instant-ngp's schedule: update every min(16, step // 16 + 1) steps."""
         return step % min(16, step // 16 + 1) == 0
 
     def occupied(self) -> torch.Tensor:
-        """bool (n_cells,): cells the marcher samples (above threshold, or unvisited)."""
-        return (self.density > self.current_threshold()) | (self.density < 0)
+        """bool (n_cells,): the cells the marcher samples (bits of the bitfield)."""
+        shifts = torch.arange(32, dtype=torch.int32, device=self.device)
+        bits = (self.bitfield[:, None] >> shifts[None, :]) & 1
+        return bits.reshape(-1)[:self.spec.n_cells].bool()
 
     @property
     def occupied_fraction(self) -> float:
         """Share of cells currently marked occupied."""
         return float(self.occupied().float().mean())
 
+    def occupied_per_cascade(self) -> list:
+        """Share of occupied cells in each cascade, finest first."""
+        occ = self.occupied().reshape(self.spec.n_cascades, -1).float().mean(1)
+        return [float(v) for v in occ]
+
     def update(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor],
                generator: Optional[torch.Generator] = None) -> None:
-        """Sample cells, evaluate density_fn(model-space points (K,3)) -> sigma (K,), EMA, repack."""
+        """Sample cells, evaluate density_fn(model-space points (K,3)) -> sigma (K,), EMA, repack.
+
+        instant-ngp's update: every cell decays by `decay`, sampled cells take the max of
+        that and their new optical thickness sigma * min_step (the same factor in every
+        cascade); unseen cells (-1) stay as they are."""
         n = self.spec.n_cells
         budget = min(n, self.max_cells_per_update)
-        if step == 0:
-            idx = torch.arange(n, device=self.device)  # one full pass carves empty space early
-        elif step < self.warmup_steps:
+        if step < self.warmup_steps:
             idx = (torch.arange(budget) + self._cursor) % n
             self._cursor = (self._cursor + budget) % n
             idx = idx.to(self.device)
@@ -73,20 +88,23 @@ class OccupancyGrid:
                 idx = torch.cat([uniform, occupied[pick]])
             else:
                 idx = uniform
+        idx = idx[self.density[idx] >= 0]  # unseen cells are never evaluated
         idx = idx.to(torch.int32).contiguous()
-        jitter = torch.rand(idx.numel(), 3, generator=generator).to(self.device)
-        pts = torch.empty(idx.numel(), 3, device=self.device)
-        occ_k.cell_centers(self.spec.resolution, idx, jitter, pts)
-        with torch.no_grad():
-            sigma = density_fn(pts)
-        cascade = (idx.long() // self.spec.cells_per_cascade).float()
-        thickness = sigma * self.march.min_step * torch.pow(2.0, cascade)
-        # EMA on the sampled cells; duplicates keep the largest new value
-        new = torch.zeros(n, device=self.device).scatter_reduce(
-            0, idx.long(), thickness, reduce="amax", include_self=False)
-        hit = torch.zeros(n, dtype=torch.bool, device=self.device)
-        hit[idx.long()] = True
-        decayed = torch.where(self.density < 0, torch.zeros_like(self.density),
-                              self.density * self.decay)
-        self.density = torch.where(hit, torch.maximum(decayed, new), self.density)
+        new = torch.zeros(n, device=self.device)
+        if idx.numel():
+            jitter = torch.rand(idx.numel(), 3, generator=generator).to(self.device)
+            pts = torch.empty(idx.numel(), 3, device=self.device)
+            occ_k.cell_centers(self.spec.resolution, idx, jitter, pts)
+            with torch.no_grad():
+                sigma = density_fn(pts)
+            # duplicates keep the largest new value
+            new.scatter_reduce_(0, idx.long(), sigma * self.march.min_step, reduce="amax")
+        seen = self.density >= 0
+        fresh = torch.zeros(n, dtype=torch.bool, device=self.device)
+        fresh[idx.long()] = True
+        decayed = torch.maximum(self.density * self.decay, new)
+        # a cell's first visit replaces "unknown" (inf) by what it holds
+        decayed = torch.where(fresh & torch.isinf(self.density), new, decayed)
+        self.density = torch.where(seen, decayed, self.density)
         self.repack()
+

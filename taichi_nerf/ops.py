@@ -186,17 +186,22 @@ class PackedSamples:
 
 
 def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tensor,
-               occ: OccupancySpec, march: MarchSpec) -> PackedSamples:
-    """March rays (R,3) (model space, unit directions) through the occupancy bitfield (W,) int32."""
+               occ: OccupancySpec, march: MarchSpec,
+               jitter: Optional[torch.Tensor] = None) -> PackedSamples:
+    """March rays (R,3) (model space, unit directions) through the occupancy bitfield (W,) int32;
+    jitter (R,) in [0,1): each ray's start offset in steps (None: 0, as for rendering)."""
     runtime.current()
     check_tensor(rays_o, "ray origins", (None, 3))
     check_tensor(rays_d, "ray directions", (rays_o.shape[0], 3))
     check_tensor(bitfield, "occupancy bitfield", (occ.n_words,), torch.int32)
-    _same_device(rays_o, rays_d, bitfield)
-    k = march_kernels(occ, march)
     R, dev = rays_o.shape[0], rays_o.device
+    if jitter is None:
+        jitter = torch.zeros(R, dtype=torch.float32, device=dev)
+    check_tensor(jitter, "start jitter", (R,))
+    _same_device(rays_o, rays_d, bitfield, jitter)
+    k = march_kernels(occ, march)
     counts = torch.empty(R, dtype=torch.int32, device=dev)
-    k.count(rays_o, rays_d, bitfield, counts)
+    k.count(rays_o, rays_d, jitter, bitfield, counts)
     ends = torch.cumsum(counts, 0, dtype=torch.int32)
     starts = ends - counts
     M = int(ends[-1].item()) if R else 0
@@ -206,7 +211,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tenso
     dirs = torch.empty(M, 3, dtype=torch.float32, device=dev)
     ray_index = torch.empty(M, dtype=torch.int32, device=dev)
     if M:
-        k.fill(rays_o, rays_d, bitfield, starts, t, dt, pos, dirs, ray_index)
+        k.fill(rays_o, rays_d, jitter, bitfield, starts, t, dt, pos, dirs, ray_index)
     return PackedSamples(t, dt, pos, dirs, ray_index, torch.stack([starts, counts], -1))
 
 

@@ -8,7 +8,7 @@ ratios against it. Works in any float dtype on any torch device.
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -100,12 +100,16 @@ class Packed:
 
 
 def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, occupied: torch.Tensor,
-               occ: OccupancySpec, march: MarchSpec) -> Packed:
-    """March all rays in lockstep; occupied (n_cells,) bool -> packed samples (see kernels.march)."""
+               occ: OccupancySpec, march: MarchSpec,
+               jitter: Optional[torch.Tensor] = None) -> Packed:
+    """March all rays in lockstep; occupied (n_cells,) bool, jitter (R,) start offsets in steps
+    -> packed samples (see kernels.march)."""
     R, res, C = rays_o.shape[0], occ.resolution, occ.n_cascades
     lo, hi = occ.aabb
     t_near, t_far = ray_aabb(rays_o, rays_d, lo, hi)
     t = torch.clamp(t_near, min=march.near)
+    if jitter is not None:
+        t = t + jitter.to(t.dtype) * torch.clamp(t * march.cone, march.min_step, march.max_step)
     n = torch.zeros(R, dtype=torch.long, device=rays_o.device)
     active = torch.ones(R, dtype=torch.bool, device=rays_o.device)
     chunks = []  # (ray, step number, t_mid, dt)

@@ -35,11 +35,13 @@ class Renderer:
         return torch.cat(out) if out else pts.new_zeros(0)
 
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, bg: torch.Tensor,
-                    max_samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
+                    max_samples: Optional[int] = None,
+                    jitter: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """rays (R,3) model space, bg (R,3) -> rgb (R',3), depth (R',) model units, opacity (R',),
-        n_samples, n_rays = R'. With `max_samples`, only the first R' rays whose samples fit are
-        rendered (at least one): a batch never balloons when the occupancy grid changes."""
-        s = ops.march_rays(rays_o, rays_d, self.grid.bitfield, self.grid.spec, self.march)
+        n_samples, n_used (R',) samples before termination, n_rays = R'. With `max_samples`,
+        only the first R' rays whose samples fit are rendered (at least one): a batch never
+        balloons when the occupancy grid changes. jitter (R,): start offsets (training)."""
+        s = ops.march_rays(rays_o, rays_d, self.grid.bitfield, self.grid.spec, self.march, jitter)
         n_rays = rays_o.shape[0]
         if max_samples is not None and s.n_samples > max_samples:
             ends = s.rays[:, 0].long() + s.rays[:, 1].long()

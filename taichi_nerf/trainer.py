@@ -19,6 +19,7 @@ from taichi_nerf.checkpoint import (CheckpointError, arrays_to_state_dict, load_
 from taichi_nerf.data import Dataset
 from taichi_nerf.data.scene import SceneTransform
 from taichi_nerf.field import FieldConfig, NGPField
+from taichi_nerf.kernels.occupancy import checkpoint_bitfield
 from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
 from taichi_nerf.metrics import psnr as psnr_fn
 from taichi_nerf.metrics import ssim as ssim_fn
@@ -46,14 +47,15 @@ class TrainConfig:
     target_samples: int = 1 << 16        # samples per step; the ray count adapts to it
     init_rays: int = 1 << 8            # the first steps march an empty-looking grid: start small
     min_rays: int = 1 << 8
-    max_rays: int = 1 << 16
+    max_rays: int = 1 << 14
     log2_table: int = 17
     n_levels: int = 16
     finest_resolution: int = 2048
     occ_resolution: int = 128
-    occ_cells_per_update: int = 1 << 18
+    occ_cells_per_update: int = 1 << 17
     occ_warmup_steps: int = 256
     max_samples_per_ray: int = 1024
+    near: float = 0.1                    # model units in front of each camera left out (instant-ngp)
     eval_every: int = 0                  # validate every N steps (0: only at the end)
 
     def budget_progress(self, step: int, elapsed: float) -> float:
@@ -89,7 +91,7 @@ def _specs(cfg: TrainConfig, aabb_scale: int):
                         base_resolution=16,
                         finest_resolution=min(cfg.finest_resolution * aabb_scale, 1 << 15))
     occ = OccupancySpec(n_cascades=int(math.log2(aabb_scale)) + 1, resolution=cfg.occ_resolution)
-    march = MarchSpec.for_occupancy(occ, max_samples=cfg.max_samples_per_ray)
+    march = MarchSpec.for_occupancy(occ, max_samples=cfg.max_samples_per_ray, near=cfg.near)
     return FieldConfig(grid=grid), occ, march
 
 
@@ -120,6 +122,7 @@ class Trainer:
         self.samples_seen = 0
         self.rays_seen = 0
         self._set_images(dataset)
+        self.grid.mark_unseen(self.poses, self.intrinsics, dataset.width, dataset.height)
         self.orbit = orbit_of(dataset)
 
     def _set_images(self, ds: Dataset) -> None:
@@ -139,26 +142,29 @@ class Trainer:
         x = torch.randint(0, w, (n_rays,), generator=g)
         y = torch.randint(0, h, (n_rays,), generator=g)
         flat = ((img * h + y) * w + x).to(self.device)
-        pix = torch.stack([x, y], -1).float().add_(0.5).to(self.device)
+        # a random point in the pixel, not its centre: views between the training ones are
+        # seen through other points of the same pixels (instant-ngp)
+        pix = (torch.stack([x, y], -1).float() + torch.rand(n_rays, 2, generator=g)).to(self.device)
         o, dirs = generate_rays(pix, img.to(torch.int32).to(self.device), self.intrinsics,
                                 self.distortion, self.poses)
         target = self.pixels[flat]                                               # [R, C]
+        # a random background per ray for every dataset: any transparency left over in front
+        # of an opaque photo costs loss, so the field cannot fit real photos with fog
+        bg = torch.rand(n_rays, 3, generator=g).to(self.device)
         if target.shape[1] == 4:
-            # random background per ray: the field must learn alpha, not a colour
-            bg = torch.rand(n_rays, 3, generator=g).to(self.device)
             a = target[:, 3:4]
             target = target[:, :3] * a + bg * (1 - a)
-        else:
-            bg = torch.zeros(n_rays, 3, device=self.device)
-        return o, dirs, bg, target
+        jitter = torch.rand(n_rays, generator=g).to(self.device)
+        return o, dirs, bg, target, jitter
 
     def train_step(self) -> Dict[str, float]:
         """One optimisation step; returns loss, psnr, rays and samples of the step."""
         cfg = self.config
         if self.grid.due(self.step):
             self.grid.update(self.step, self.renderer.density, self.generator)
-        o, d, bg, target = self._batch(self.n_rays)
-        out = self.renderer.render_rays(o, d, bg, max_samples=2 * cfg.target_samples)
+        o, d, bg, target, jitter = self._batch(self.n_rays)
+        out = self.renderer.render_rays(o, d, bg, max_samples=2 * cfg.target_samples,
+                                        jitter=jitter)
         target = target[:out["n_rays"]]
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
         if not torch.isfinite(loss):
@@ -167,9 +173,13 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         n_samples = out["n_samples"]
-        # adapt the ray count so that a step processes about target_samples samples
-        per_ray = max(n_samples / out["n_rays"], 1.0)
-        self.n_rays = int(min(max(cfg.target_samples / per_ray, cfg.min_rays), cfg.max_rays))
+        # adapt the ray count so that a step composites about target_samples samples before
+        # termination (instant-ngp counts after compaction), but never marches more than the
+        # cap: rays are marched to the end before compositing, and the cap drops the excess
+        used = max(float(out["n_used"].sum()) / out["n_rays"], 1.0)
+        marched = max(n_samples / out["n_rays"], 1.0)
+        n = min(cfg.target_samples / used, 2 * cfg.target_samples / marched)
+        self.n_rays = int(min(max(n, cfg.min_rays), cfg.max_rays))
         self.samples_seen += n_samples
         self.rays_seen += out["n_rays"]
         self.step += 1
@@ -208,6 +218,7 @@ class Trainer:
             "step": self.step, "elapsed": self.elapsed, "n_rays": self.n_rays,
             "samples_seen": self.samples_seen, "rays_seen": self.rays_seen,
             "occ_cursor": self.grid._cursor,
+            "occupancy_threshold": self.grid.threshold,
             "orbit": self.orbit,
         }
 
@@ -218,6 +229,7 @@ class Trainer:
         arrays.update(state_dict_to_arrays("field", self.field.state_dict()))
         arrays.update(state_dict_to_arrays("optim", self.optimizer.state_dict()))
         arrays["occupancy/density"] = self.grid.density.cpu().numpy()
+        arrays["occupancy/bitfield"] = self.grid.bitfield.cpu().numpy()
         arrays["rng"] = self.generator.get_state().numpy()
         arrays["cameras/poses"] = self.dataset.poses  # world c2w: viewer snapping, overlays
         save_checkpoint(path, self.checkpoint_config(), arrays)
@@ -230,7 +242,7 @@ class Trainer:
         self.optimizer.load_state_dict(arrays_to_state_dict("optim", arrays, self.device))
         self.grid.density = torch.from_numpy(arrays["occupancy/density"]).to(self.device)
         self.grid._cursor = int(cfg.get("occ_cursor", 0))
-        self.grid.repack()
+        self.grid.bitfield = torch.from_numpy(checkpoint_bitfield(cfg, arrays)).to(self.device)
         self.generator.set_state(torch.from_numpy(arrays["rng"]))
         self.step, self.elapsed = int(cfg["step"]), float(cfg["elapsed"])
         self.n_rays = int(cfg["n_rays"])
@@ -256,8 +268,11 @@ def load_model(path: Path, device: Optional[torch.device] = None):
         raise CheckpointError(f"checkpoint {path}: parameters do not match its config "
                               f"({str(e).splitlines()[0]})") from None
     grid = OccupancyGrid(occ, march, device)
-    grid.density = torch.from_numpy(arrays["occupancy/density"]).to(device)
-    grid.repack()
+    try:
+        grid.density = torch.from_numpy(arrays["occupancy/density"]).to(device)
+        grid.bitfield = torch.from_numpy(checkpoint_bitfield(cfg, arrays)).to(device)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
     field.eval()
     return cfg, Renderer(field, grid, march), scene
 
@@ -350,6 +365,7 @@ def run_training(trainer: Trainer, out_dir: Path, val: Optional[Dataset] = None,
         "mean_samples_per_ray": trainer.samples_seen / max(trainer.rays_seen, 1),
         "train_psnr_last_batch": last.get("psnr"), "interrupted": interrupted,
         "occupied_fraction": trainer.grid.occupied_fraction,
+        "occupied_per_cascade": trainer.grid.occupied_per_cascade(),
     }
     if val is not None and not interrupted:
         m = evaluate(trainer.renderer, val, progress=progress)

@@ -19,6 +19,7 @@ import numpy as np
 
 from taichi_nerf import runtime
 from taichi_nerf.cameras import horizontal_basis, orbit_poses
+from taichi_nerf.kernels.occupancy import checkpoint_bitfield, unpack_bitfield
 
 MODES = ("rgb", "depth", "opacity")
 
@@ -433,12 +434,10 @@ class Viewer:
             raise ViewerError(f"{path}: cannot write screenshot ({e.strerror or e})") from None
 
 
-def occupied_world_points(density: np.ndarray, res: int, n_cascades: int, scene_scale: float,
+def occupied_world_points(occupied: np.ndarray, res: int, n_cascades: int, scene_scale: float,
                           scene_offset: np.ndarray, limit: int = 4000, seed: int = 0) -> np.ndarray:
-    """Centres (K,3) world units of up to `limit` occupied cells (density > min(0.01, mean))."""
-    visited = density[density >= 0]
-    thr = min(0.01, float(visited.mean()) if visited.size else 0.01)
-    idx = np.nonzero(density > thr)[0]
+    """Centres (K,3) world units of up to `limit` occupied cells; occupied (n_cells,) bool."""
+    idx = np.nonzero(occupied)[0]
     if idx.size > limit:
         idx = np.random.default_rng(seed).choice(idx, limit, replace=False)
     per = res ** 3
@@ -475,7 +474,8 @@ def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = 
         preview = TaichiPreview(NerfModel(cfg, arrays))
     scene = cfg["scene"]
     occ = cfg["occupancy"]
-    density = arrays["occupancy/density"]
+    occupied = unpack_bitfield(checkpoint_bitfield(cfg, arrays),
+                               occ["n_cascades"] * occ["resolution"] ** 3)
     W, H = width or cfg["width"], height or cfg["height"]
     fx, fy, cx, cy = cfg["intrinsics"]
     sx, sy = W / cfg["width"], H / cfg["height"]
@@ -484,7 +484,7 @@ def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = 
                   np.asarray(cfg.get("background") or [0, 0, 0], np.float32),
                   dataset_poses=arrays.get("cameras/poses"),
                   occupied_points=lambda: occupied_world_points(
-                      density, occ["resolution"], occ["n_cascades"], scene["scale"],
+                      occupied, occ["resolution"], occ["n_cascades"], scene["scale"],
                       np.asarray(scene["offset"], np.float64)),
                   headless=headless)
 
@@ -505,6 +505,6 @@ def viewer_for_training(trainer, headless: bool, width: Optional[int] = None,
                   [fx * sx, fy * sy, cx * sx, cy * sy], W, H, ds.scene_scale, ds.scene_offset, bg,
                   trainer=trainer, dataset_poses=ds.poses,
                   occupied_points=lambda: occupied_world_points(
-                      grid.density.cpu().numpy(), grid.spec.resolution, grid.spec.n_cascades,
+                      grid.occupied().cpu().numpy(), grid.spec.resolution, grid.spec.n_cascades,
                       ds.scene_scale, ds.scene_offset.astype(np.float64)),
                   headless=headless)

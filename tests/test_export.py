@@ -83,6 +83,7 @@ def test_grid_occupancy_lookup_matches_per_point_lookup(cpu_runtime):
     grid = OccupancyGrid(spec, MarchSpec.for_occupancy(spec), torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     grid.density = (torch.rand(spec.n_cells, generator=g) < 0.05).float()  # 5% occupied
+    grid.repack()
     lo, shape, h = np.array([-1.5, -1.4, -1.37]), (37, 41, 43), 0.0971
     fast = ex.occupancy_on_grid(ex.occupied_cells(grid, 1).numpy(), lo, shape, h, (0, 37))
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
@@ -95,6 +96,7 @@ def test_grid_occupancy_lookup_matches_per_point_lookup(cpu_runtime):
     res = spec.resolution
     grid.density[5 + 6 * res + 7 * res * res] = 1.0                           # (x5, y6, z7)
     grid.density[2 * res ** 3 + 15 + 8 * res + 8 * res * res] = 1.0           # c2 (x15, y8, z8)
+    grid.repack()
     lo_b, hi_b = ex.occupied_bounds(grid, pad_cells=0)
     np.testing.assert_allclose(lo_b, [5 / 16, 6 / 16, 7 / 16])
     np.testing.assert_allclose(hi_b, [0.5 + 4 * (16 / 16 - 0.5), 0.5 + 4 * (9 / 16 - 0.5),

@@ -1,6 +1,11 @@
-"""The occupancy grid's update rule: warm-up visits, EMA with decay, threshold, bitfield."""
+"""The occupancy grid's rule (instant-ngp's): per-cell EMA of sigma x min step in every cascade,
+threshold from cascade 0, max-pooled cascades, unseen cells out for good, warm-up visits."""
+import math
+
+import numpy as np
 import torch
 
+from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
 from taichi_nerf.occupancy import OccupancyGrid
 
@@ -13,59 +18,169 @@ def ball_density(centre=0.5, radius=0.2, sigma=500.0):
     return fn
 
 
-def make_grid(cascades=1, resolution=16, budget=1 << 10, warmup=4):
+def make_grid(cascades=1, resolution=16, budget=1 << 10, warmup=1 << 20):
     spec = OccupancySpec(n_cascades=cascades, resolution=resolution)
     return OccupancyGrid(spec, MarchSpec.for_occupancy(spec), torch.device("cpu"),
                          warmup_steps=warmup, max_cells_per_update=budget)
 
 
-def cell_centres(grid: OccupancyGrid) -> torch.Tensor:
-    """Model-space centre of every cell of cascade 0."""
+def cell_centres(grid: OccupancyGrid, cascade: int = 0) -> torch.Tensor:
+    """Model-space centre of every cell of one cascade."""
     r = grid.spec.resolution
     i = torch.arange(r ** 3)
     x, y, z = i % r, (i // r) % r, i // (r * r)
-    return (torch.stack([x, y, z], -1).float() + 0.5) / r
+    size = 2.0 ** cascade
+    return 0.5 + size * ((torch.stack([x, y, z], -1).float() + 0.5) / r - 0.5)
+
+
+def visit_all(grid: OccupancyGrid, fn, gen, start=0):
+    """Warm-up updates until the cursor has visited every cell once; returns the next step."""
+    n_updates = math.ceil(grid.spec.n_cells / grid.max_cells_per_update)
+    for step in range(start, start + n_updates):
+        grid.update(step, fn, gen)
+    return start + n_updates
 
 
 def test_unvisited_cells_count_as_occupied(cpu_runtime):
-    grid = make_grid()
+    grid = make_grid(cascades=2)
     assert grid.occupied_fraction == 1.0
 
 
-def test_first_update_visits_every_cell_and_keeps_the_ball(cpu_runtime):
+def test_warm_up_visits_every_cell_and_keeps_the_ball(cpu_runtime, gen):
     grid = make_grid()
-    g = torch.Generator().manual_seed(0)
-    grid.update(0, ball_density(), g)
+    visit_all(grid, ball_density(), gen)
     occ = grid.occupied()
     d = (cell_centres(grid) - 0.5).norm(dim=-1)
     assert occ[d < 0.1].all()            # well inside the ball
-    assert not occ[d > 0.35].any()       # well outside: carved on the first pass
-    assert (grid.density >= 0).all()
+    assert not occ[d > 0.35].any()       # well outside: carved once visited
+    assert torch.isfinite(grid.density).all() and (grid.density >= 0).all()
 
 
-def test_resampled_cells_decay_and_empty_ones_are_pruned(cpu_runtime):
-    """Cells dense at first and empty later lose 5% per visit until under threshold; the
-    ball, resampled as occupied, stays."""
-    grid = make_grid(resolution=16, budget=1 << 12, warmup=1)
-    g = torch.Generator().manual_seed(0)
-    grid.update(0, lambda p: torch.full((len(p),), 500.0), g)   # everything dense at first
+def test_same_step_factor_in_every_cascade(cpu_runtime, gen):
+    """instant-ngp: optical thickness = sigma * min step whatever the cascade."""
+    grid = make_grid(cascades=3, resolution=8, budget=3 * 8 ** 3)   # one update visits all
+    sigma = 3.0 + torch.rand(1, generator=gen).item()
+    grid.update(0, lambda p: torch.full((len(p),), sigma), gen)
+    expect = sigma * grid.march.min_step
+    for c in range(3):
+        cells = grid.density.reshape(3, -1)[c]
+        assert torch.allclose(cells, torch.full_like(cells, expect), rtol=1e-6)
+    # and every later update decays all cells by the same factor
+    grid.update(1, lambda p: torch.zeros(len(p)), gen)
+    assert torch.allclose(grid.density, torch.full_like(grid.density, 0.95 * expect), rtol=1e-6)
+
+
+def test_threshold_is_the_mean_of_cascade_0_only(cpu_runtime, gen):
+    grid = make_grid(cascades=2, resolution=8)
+    per = grid.spec.cells_per_cascade
+    d = torch.zeros(grid.spec.n_cells)
+    d[:per] = torch.rand(per, generator=gen) * 1e-3   # cascade 0: thin everywhere
+    d[per:] = 5.0                                      # cascade 1: dense; must not count
+    d[0] = -1.0                                        # unseen counts as 0
+    grid.density = d
+    grid.repack()
+    expect = float(d[:per].clamp(min=0).mean())
+    assert abs(grid.threshold - expect) < 1e-9
+    occ = grid.occupied()
+    assert torch.equal(occ[:per], d[:per] > grid.threshold)
+    # capped at instant-ngp's minimum optical thickness
+    grid.density = torch.full((grid.spec.n_cells,), 1.0)
+    grid.repack()
+    assert grid.threshold == occ_k.MIN_OPTICAL_THICKNESS
+
+
+def test_coarser_cascade_is_occupied_above_an_occupied_finer_cell(cpu_runtime, gen):
+    R = 8
+    grid = make_grid(cascades=3, resolution=R)
+    d = torch.zeros(grid.spec.n_cells)
+    x, y, z = (torch.randint(0, R, (3,), generator=gen)).tolist()
+    d[x + y * R + z * R * R] = 1.0                   # one cascade-0 cell
+    grid.density = d
+    grid.repack()
+    occ = grid.occupied().reshape(3, R, R, R)       # [c, z, y, x]
+    assert occ[0].sum() == 1
+    # the same point lies in cascade 1's cell (q + x // 2) and cascade 2's (q + (q + x // 2) // 2)
+    c1 = [R // 4 + v // 2 for v in (x, y, z)]
+    c2 = [R // 4 + v // 2 for v in c1]
+    assert occ[1].sum() == 1 and occ[1][c1[2], c1[1], c1[0]]
+    assert occ[2].sum() == 1 and occ[2][c2[2], c2[1], c2[0]]
+
+
+def test_every_cell_decays_at_every_update(cpu_runtime, gen):
+    """Cells dense at first and empty later lose 5% per update, visited or not, until under
+    the threshold; the ball, resampled as occupied, stays."""
+    grid = make_grid(resolution=16, budget=1 << 10, warmup=4)   # 4 updates visit all 4096 cells
+    step = visit_all(grid, lambda p: torch.full((len(p),), 500.0), gen)  # all dense at first
     assert grid.occupied_fraction == 1.0
     first = grid.density.clone()
-    grid.update(1, ball_density(), g)
-    seen = grid.density != first
+    grid.update(step, ball_density(), gen)
     d = (cell_centres(grid) - 0.5).norm(dim=-1)
-    outside = seen & (d > 0.35)
-    assert outside.any()
+    outside = d > 0.35
     assert torch.allclose(grid.density[outside], 0.95 * first[outside])
-    for step in range(2, 400):
-        grid.update(step, ball_density(), g)
+    for s in range(step + 1, step + 400):
+        grid.update(s, ball_density(), gen)
     occ = grid.occupied()
     assert occ[d < 0.1].all()
-    assert occ[d > 0.35].float().mean() < 0.01
+    assert occ[outside].float().mean() < 0.01
+
+
+def test_cells_no_camera_sees_are_never_occupied(cpu_runtime, gen):
+    """One camera at z = 1.2 (inside cascade 1) looking down -z at the box, 60 degree field of view: cells behind it or
+    outside its view hold -1 for good; the ones it sees are visited and can be occupied."""
+    grid = make_grid(cascades=2, resolution=16, budget=1 << 14)
+    c2w = torch.eye(4)[None, :3].clone()
+    c2w[0, :3, 3] = torch.tensor([0.5, 0.5, 1.2])
+    w = h = 64
+    f = 0.5 * w / math.tan(math.radians(30))
+    intr = torch.tensor([[f, f, w / 2, h / 2]])
+    grid.mark_unseen(c2w, intr, w, h)
+    R = grid.spec.resolution
+    pts = torch.cat([cell_centres(grid, 0), cell_centres(grid, 1)])
+    v = pts - c2w[0, :3, 3]
+    depth = -v[:, 2]
+    # a cell is seen when its centre is well inside the frustum, unseen when well outside it
+    # (corners decide at the border)
+    slope = torch.maximum(v[:, 0].abs(), v[:, 1].abs()) / depth.clamp(min=1e-6)
+    half_cell = torch.cat([torch.full((R ** 3,), 0.5 / R), torch.full((R ** 3,), 1.0 / R)])
+    margin = 2 * half_cell * math.sqrt(3) / depth.clamp(min=1e-6)
+    limit = math.tan(math.radians(30))
+    inside = (depth > 0) & (slope < limit - margin)
+    outside = (depth <= 0) | (slope > limit + margin)
+    unseen = grid.density < 0
+    assert inside.any() and outside.any()
+    assert not unseen[inside].any()
+    assert unseen[outside].all()
+    # everything dense: seen cells become occupied, unseen never, and unseen are never updated
+    visit_all(grid, lambda p: torch.full((len(p),), 500.0), gen)
+    occ = grid.occupied()
+    assert occ[inside].all()
+    assert not occ[:R ** 3][outside[:R ** 3]].any()
+    assert (grid.density[unseen] == occ_k.UNSEEN).all()
+
+
+def test_rule_is_the_same_on_numpy_and_torch(cpu_runtime, gen):
+    """build_bitfield (the one rule) gives the same bits from numpy densities as the grid's."""
+    grid = make_grid(cascades=2, resolution=8)
+    d = torch.rand(grid.spec.n_cells, generator=gen) * 0.004
+    d[::7] = -1.0
+    d[::11] = float("inf")
+    grid.density = d
+    grid.repack()
+    bits = np.zeros(grid.spec.n_words, np.int32)
+    thr = occ_k.build_bitfield(d.numpy(), 8, 2, bits)
+    assert abs(thr - grid.threshold) < 1e-9
+    assert np.array_equal(bits, grid.bitfield.numpy())
+    assert np.array_equal(occ_k.unpack_bitfield(bits, grid.spec.n_cells), grid.occupied().numpy())
+    occ = grid.occupied()
+    per = grid.spec.cells_per_cascade
+    assert occ[d == float("inf")].all()
+    # unseen cells are never occupied themselves (a coarse one only above an occupied finer cell)
+    assert not occ[:per][d[:per] < 0].any()
 
 
 def test_schedule_matches_instant_ngp(cpu_runtime):
     grid = make_grid()
     due = [s for s in range(0, 300) if grid.due(s)]
+    assert make_grid(warmup=256).warmup_steps == 256
     assert due[:4] == [0, 1, 2, 3]
     assert all(b - a == 16 for a, b in zip(due, due[1:]) if a >= 256)
