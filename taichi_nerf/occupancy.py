@@ -17,8 +17,9 @@ class OccupancyGrid:
     the checkpoint saves the resulting bitfield, so every renderer samples the
     same cells. Cells that no training camera sees (:meth:`mark_unseen`) hold
     -1 and are never occupied or updated; cells not evaluated yet hold +inf and
-    count as occupied. Warm-up updates visit every cell in turn, a bounded share
-    per update (a CPU cannot afford instant-ngp's every cell every step).
+    count as occupied until the first update, which evaluates every cell; later
+    warm-up updates visit the cells in turn, a bounded share per update (a CPU cannot
+    afford instant-ngp's every cell at every update of the first 256 steps).
     """
 
     def __init__(self, spec: OccupancySpec, march: MarchSpec, device: torch.device,
@@ -75,7 +76,9 @@ class OccupancyGrid:
         cascade); unseen cells (-1) stay as they are."""
         n = self.spec.n_cells
         budget = min(n, self.max_cells_per_update)
-        if step < self.warmup_steps:
+        if step == 0:
+            idx = torch.arange(n, device=self.device)  # one full pass carves empty space early
+        elif step < self.warmup_steps:
             idx = (torch.arange(budget) + self._cursor) % n
             self._cursor = (self._cursor + budget) % n
             idx = idx.to(self.device)

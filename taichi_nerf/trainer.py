@@ -47,7 +47,7 @@ class TrainConfig:
     target_samples: int = 1 << 16        # samples per step; the ray count adapts to it
     init_rays: int = 1 << 8            # the first steps march an empty-looking grid: start small
     min_rays: int = 1 << 8
-    max_rays: int = 1 << 14
+    max_rays: int = 1 << 16
     log2_table: int = 17
     n_levels: int = 16
     finest_resolution: int = 2048
@@ -173,12 +173,11 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         n_samples = out["n_samples"]
-        # adapt the ray count so that a step composites about target_samples samples before
-        # termination (instant-ngp counts after compaction), but never marches more than the
-        # cap: rays are marched to the end before compositing, and the cap drops the excess
-        used = max(float(out["n_used"].sum()) / out["n_rays"], 1.0)
-        marched = max(n_samples / out["n_rays"], 1.0)
-        n = min(cfg.target_samples / used, 2 * cfg.target_samples / marched)
+        # adapt the ray count so that a step marches about target_samples samples. instant-ngp
+        # counts after compaction, but it evaluates the samples behind the termination point
+        # without gradients; here every marched sample goes through the field's forward and
+        # backward, so marched samples are what a step costs
+        n = cfg.target_samples / max(n_samples / out["n_rays"], 1.0)
         self.n_rays = int(min(max(n, cfg.min_rays), cfg.max_rays))
         self.samples_seen += n_samples
         self.rays_seen += out["n_rays"]
