@@ -81,3 +81,19 @@ def test_eval_after_loading_renders_what_training_rendered(scene_dir, tmp_path, 
     for k in ("rgb", "depth", "opacity"):
         assert torch.equal(a[k], b[k]), k
     assert evaluate(trainer.renderer, test)["psnr"] == evaluate(loaded, test)["psnr"]
+
+
+def test_metrics_and_bench_row_report_occupancy_per_cascade(trained):
+    from taichi_nerf.bench.training import format_training_markdown
+    run, metrics = trained
+    shares = metrics["occupied_per_cascade"]
+    cfg, arrays = load_checkpoint(run / "checkpoint.npz")
+    occ = cfg["occupancy"]
+    assert len(shares) == occ["n_cascades"]
+    occupied = occ_k.unpack_bitfield(arrays["occupancy/bitfield"],
+                                     occ["n_cascades"] * occ["resolution"] ** 3)
+    assert abs(shares[0] - occupied[:occ["resolution"] ** 3].mean()) < 1e-6
+    row = format_training_markdown({**metrics, "machine": {}, "data": str(run), "image_size": [RES, RES],
+                                    "train_views": 1, "time_budget": 1, "eval_split": "test",
+                                    "peak_rss_mib": 1})
+    assert f"{100 * shares[0]:.1f}%" in row.splitlines()[-2]

@@ -48,10 +48,12 @@ def format_training_markdown(r: Dict[str, Any]) -> str:
         f"Machine: {mach.get('cpu_model')}, {mach.get('cpu_count')} cores, arch {mach.get('arch')}, "
         f"commit {mach.get('commit')}, {mach.get('date')}",
         "",
-        "| steps | rays/s | samples/s | samples/ray | PSNR | SSIM | eval split | s/view | peak RSS |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| steps | rays/s | samples/s | samples/ray | occupied per cascade | PSNR | SSIM | "
+        "eval split | s/view | peak RSS |",
+        "|---:|---:|---:|---:|---|---:|---:|---|---:|---:|",
         f"| {r['steps']} | {r['rays_per_second']:.0f} | {r['samples_per_second']:.0f} | "
-        f"{r['mean_samples_per_ray']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+        f"{r['mean_samples_per_ray']:.1f} | "
+        f"{' / '.join(f'{100 * v:.1f}%' for v in r['occupied_per_cascade'])} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
         f"{r['eval_split']} ({r['views']} views) | {r['seconds_per_view']:.2f} | "
         f"{r['peak_rss_mib']:.0f} MiB |",
         "",
