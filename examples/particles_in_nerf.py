@@ -221,12 +221,10 @@ class ParticlesInNerf:
 
 
 def _occupied_points(cfg, arrays) -> np.ndarray:
-    from taichi_nerf.kernels.occupancy import checkpoint_bitfield, unpack_bitfield
+    from taichi_nerf.kernels.occupancy import checkpoint_occupied
     from taichi_nerf.viewer import occupied_world_points
     occ, sc = cfg["occupancy"], cfg["scene"]
-    occupied = unpack_bitfield(checkpoint_bitfield(cfg, arrays),
-                               occ["n_cascades"] * occ["resolution"] ** 3)
-    return occupied_world_points(occupied, occ["resolution"], occ["n_cascades"],
+    return occupied_world_points(checkpoint_occupied(cfg, arrays), occ["resolution"], occ["n_cascades"],
                                  sc["scale"], np.asarray(sc["offset"], np.float64), limit=20000)
 
 

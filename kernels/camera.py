@@ -1,6 +1,6 @@
 """Camera rays: pinhole model with OpenCV radial/tangential distortion (k1, k2, p1, p2).
 
-Conventions (DESIGN.md): camera-to-world poses with OpenGL axes (x right, y up,
+Conventions: camera-to-world poses with OpenGL axes (x right, y up,
 looking down -z); pixel (u, v) has u to the right and v down the image rows,
 pixel centres at +0.5 (the caller adds the 0.5 or a jitter). Distortion is
 OpenCV's and is defined in OpenCV normalised coordinates (x right, y *down*):

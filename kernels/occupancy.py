@@ -7,6 +7,8 @@ the bitfield lives in 32-bit word i // 32 (stored as int32).
 import numpy as np
 import taichi as ti
 
+from .specs import OccupancySpec
+
 
 @ti.func
 def cascade_of(p, n_cascades: ti.template()) -> ti.i32:
@@ -49,6 +51,14 @@ def occupied_at(bitfield: ti.template(), p, n_cascades: ti.template(), res: ti.t
     if inside:
         occ = is_occupied(bitfield, cell_index(c, cell_coords(p, c, res), res))
     return occ
+
+
+@ti.func
+def cell_of_index(i, res):
+    """Flat cell index -> (cascade, vec3 i32 cell): the inverse of :func:`cell_index`."""
+    per = res * res * res
+    r = i % per
+    return i // per, ti.Vector([r % res, (r // res) % res, r // (res * res)])
 
 
 # instant-ngp's NERF_MIN_OPTICAL_THICKNESS: the threshold never exceeds it.
@@ -102,8 +112,9 @@ def occupancy_threshold(density, cells_per_cascade: int) -> float:
 
 def build_bitfield(density, resolution: int, n_cascades: int, bitfield) -> float:
     """The one rule for "occupied" (instant-ngp's): density (n_cells,) -> bitfield (n_words,)
-    set where density > threshold (unvisited cells included, unseen ones never), then each coarser cascade also where a finer cell under it
-    is set; returns the threshold. Arrays may be numpy, torch or Taichi ndarrays."""
+    set where density > threshold (unvisited cells included, unseen ones never), then each
+    coarser cascade also above a set finer cell; returns the threshold. Arrays may be numpy,
+    torch or Taichi ndarrays."""
     threshold = occupancy_threshold(density, resolution ** 3)
     pack_bitfield(density, threshold, bitfield)
     for c in range(1, n_cascades):
@@ -123,17 +134,12 @@ def mark_unseen(res: ti.i32, c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
                 intrinsics: ti.types.ndarray(dtype=ti.f32, ndim=2), width: ti.i32, height: ti.i32,
                 density: ti.types.ndarray(dtype=ti.f32, ndim=1)):
     """Set density to UNSEEN for every cell none of whose corners any camera sees, the others
-    to UNVISITED:
-    c2w (N,3|4,4) model space, intrinsics (N,4) fx fy cx cy, image size in pixels (pinhole:
+    to UNVISITED: c2w (N,3|4,4) model space, intrinsics (N,4) fx fy cx cy, image size in pixels (pinhole:
     lens distortion moves points near the border by a few pixels at most)."""
-    per = res * res * res
     for i in range(density.shape[0]):
-        c = i // per
-        r = i % per
-        x, y, z = r % res, (r // res) % res, r // (res * res)
+        c, cell = cell_of_index(i, res)
         size = ti.cast(1 << c, ti.f32)
-        lo = 0.5 + size * (ti.Vector([ti.cast(x, ti.f32), ti.cast(y, ti.f32),
-                                      ti.cast(z, ti.f32)]) / res - 0.5)
+        lo = 0.5 + size * (ti.cast(cell, ti.f32) / res - 0.5)
         seen = 0
         for cam in range(c2w.shape[0]):
             if seen:
@@ -160,32 +166,32 @@ def cell_centers(res: ti.i32, idx: ti.types.ndarray(dtype=ti.i32, ndim=1),
                  out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
     """Model-space points in cells `idx` (K,) at offset jitter (K,3) in [0,1) cell units -> out (K,3)."""
     for k in range(idx.shape[0]):
-        i = idx[k]
-        per = res * res * res
-        c = i // per
-        r = i % per
-        x, y, z = r % res, (r // res) % res, r // (res * res)
+        c, cell = cell_of_index(idx[k], res)
         size = ti.cast(1 << c, ti.f32)
         for a in ti.static(range(3)):
-            coord = x if a == 0 else (y if a == 1 else z)
-            out[k, a] = 0.5 + size * ((ti.cast(coord, ti.f32) + jitter[k, a]) / res - 0.5)
+            out[k, a] = 0.5 + size * ((ti.cast(cell[a], ti.f32) + jitter[k, a]) / res - 0.5)
 
 
 def checkpoint_bitfield(config: dict, arrays: dict) -> np.ndarray:
     """The bitfield (n_words,) int32 a checkpoint's renderers sample: the one it saved (the
     cells training sampled last), else rebuilt from its densities with :func:`build_bitfield`."""
-    res, n_cascades = int(config["occupancy"]["resolution"]), int(config["occupancy"]["n_cascades"])
-    n_cells = n_cascades * res ** 3
-    n_words = (n_cells + 31) // 32
+    spec = OccupancySpec(**config["occupancy"])
     if "occupancy/bitfield" in arrays:
         bits = np.ascontiguousarray(arrays["occupancy/bitfield"], np.int32)
-        if bits.shape != (n_words,):
+        if bits.shape != (spec.n_words,):
             raise ValueError(f"occupancy bitfield has shape {bits.shape}, the config says "
-                             f"({n_words},)")
+                             f"({spec.n_words},)")
         return bits
     density = np.ascontiguousarray(arrays["occupancy/density"], np.float32)
-    if density.shape != (n_cells,):
-        raise ValueError(f"occupancy grid has {density.shape} cells, the config says {n_cells}")
-    bits = np.zeros(n_words, np.int32)
-    build_bitfield(density, res, n_cascades, bits)
+    if density.shape != (spec.n_cells,):
+        raise ValueError(f"occupancy grid has {density.shape} cells, the config says "
+                         f"{spec.n_cells}")
+    bits = np.zeros(spec.n_words, np.int32)
+    build_bitfield(density, spec.resolution, spec.n_cascades, bits)
     return bits
+
+
+def checkpoint_occupied(config: dict, arrays: dict) -> np.ndarray:
+    """bool (n_cells,): the cells of :func:`checkpoint_bitfield` (viewer overlays, examples)."""
+    spec = OccupancySpec(**config["occupancy"])
+    return unpack_bitfield(checkpoint_bitfield(config, arrays), spec.n_cells)

@@ -37,7 +37,7 @@ class OccupancyGrid:
     def mark_unseen(self, c2w: torch.Tensor, intrinsics: torch.Tensor, width: int,
                     height: int) -> None:
         """Mark cells outside every camera's view (c2w (N,3|4,4) model space, intrinsics (N,4)
-        fx fy cx cy, image size in pixels) as never occupied; the others start at 0."""
+        fx fy cx cy, image size in pixels) as never occupied; the others start unvisited."""
         occ_k.mark_unseen(self.spec.resolution, c2w.contiguous(), intrinsics.contiguous(),
                           int(width), int(height), self.density)
         self.repack()

@@ -19,7 +19,7 @@ import numpy as np
 
 from taichi_nerf import runtime
 from taichi_nerf.cameras import horizontal_basis, orbit_poses
-from taichi_nerf.kernels.occupancy import checkpoint_bitfield, unpack_bitfield
+from taichi_nerf.kernels.occupancy import checkpoint_occupied
 
 MODES = ("rgb", "depth", "opacity")
 
@@ -474,8 +474,7 @@ def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = 
         preview = TaichiPreview(NerfModel(cfg, arrays))
     scene = cfg["scene"]
     occ = cfg["occupancy"]
-    occupied = unpack_bitfield(checkpoint_bitfield(cfg, arrays),
-                               occ["n_cascades"] * occ["resolution"] ** 3)
+    occupied = checkpoint_occupied(cfg, arrays)
     W, H = width or cfg["width"], height or cfg["height"]
     fx, fy, cx, cy = cfg["intrinsics"]
     sx, sy = W / cfg["width"], H / cfg["height"]

@@ -104,7 +104,7 @@ def git_commit(repo: Path = REPO_ROOT) -> Optional[str]:
 
 
 def machine_info(arch: Optional[str] = None) -> Dict[str, Any]:
-    """What BENCHMARK.md asks to report with every figure: CPU model, cores, versions, date, commit."""
+    """What every benchmark figure is reported with: CPU model, cores, versions, date, commit."""
     import taichi as ti
     try:
         affinity = len(os.sched_getaffinity(0))

@@ -1,4 +1,4 @@
-"""Kernel benchmark (BENCHMARK.md section 1): Taichi ops vs the pure-torch reference.
+"""Kernel benchmark (BENCHMARKS.md section 1): Taichi ops vs the pure-torch reference.
 
 Each op runs on the same inputs through :mod:`taichi_nerf.ops` (Taichi) and
 :mod:`taichi_nerf.reference` (torch), timed interleaved in the same run. The
@@ -33,7 +33,7 @@ from taichi_nerf.bench.common import (CONTENDED_US, finite_positive, fmt_rate, l
                                       small_op_latency_us)
 from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
 
-#: Full-size problem (BENCHMARK.md section 1). Quick mode divides the sizes by 16.
+#: Full-size problem (BENCHMARKS.md section 1). Quick mode divides the sizes by 16.
 FULL = dict(points=1 << 18, directions=1 << 18, march_rays=1 << 12, composite_rays=1 << 12,
             log2_tables=(15, 17, 19))
 QUICK = dict(points=1 << 14, directions=1 << 14, march_rays=1 << 8, composite_rays=1 << 8,

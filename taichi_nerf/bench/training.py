@@ -1,4 +1,4 @@
-"""Training benchmark (BENCHMARK.md section 2): a timed run on a scene, then held-out metrics."""
+"""Training benchmark (BENCHMARKS.md section 2): a timed run on a scene, then held-out metrics."""
 from __future__ import annotations
 
 import resource
