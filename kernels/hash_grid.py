@@ -235,3 +235,20 @@ class HashGridFieldGrad:
         self.loss.grad[None] = 1.0
         self.kernels.vjp_field.grad(pos, grad_out, self.table, self.loss)
         _copy_out_2d(self.table.grad, grad_table)
+
+
+def table_with_level_weights(table, spec: HashGridSpec, weights):
+    """The hash table (n_params, F) numpy with each level's rows scaled by weights (L,).
+
+    The encoding is linear in the table, so this equals scaling each level's features
+    (how training masks fine levels early on); renderers that read a checkpoint apply it
+    once at load instead of per sample."""
+    import numpy as np
+    out = np.array(table, np.float32, copy=True)
+    w = np.asarray(weights, np.float32).reshape(-1)
+    if w.shape != (spec.n_levels,):
+        raise ValueError(f"level weights have shape {w.shape}, expected ({spec.n_levels},)")
+    for off, size, wl in zip(spec.level_offsets, spec.level_sizes, w):
+        if wl != 1.0:
+            out[off:off + size] *= wl
+    return out

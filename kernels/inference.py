@@ -13,7 +13,7 @@ import taichi as ti
 from . import composite as composite_k
 from . import mlp as mlp_k
 from .camera import generate_rays
-from .hash_grid import hash_grid_kernels
+from .hash_grid import hash_grid_kernels, table_with_level_weights
 from .march import march_kernels
 from .occupancy import checkpoint_bitfield
 from .sh import sh_kernels
@@ -63,6 +63,8 @@ class NerfModel:
         self.background = np.asarray(config.get("background") or [0, 0, 0], np.float32)
         self.config = config
         table = np.ascontiguousarray(arrays["field/grid.table"], np.float32)
+        if "field/level_weights" in arrays:  # coarse-to-fine training masks fine levels
+            table = table_with_level_weights(table, self.grid_spec, arrays["field/level_weights"])
         if table.shape != (self.grid_spec.n_params, self.grid_spec.n_features):
             raise ValueError(f"hash table shape {table.shape} does not match the config")
         self.table = self._upload(table)
@@ -155,7 +157,7 @@ class NerfModel:
         pos = self._new(ti.f32, (M, 3))
         dirs = self._new(ti.f32, (M, 3))
         ray_index = self._new(ti.i32, (M,))
-        k.fill(rays_o, rays_d, no_jitter, self.bitfield, starts, t, dt, pos, dirs, ray_index)
+        k.fill(rays_o, rays_d, no_jitter, self.bitfield, starts, counts, t, dt, pos, dirs, ray_index)
         sigma, colour = self.field(pos, dirs)
         rays = self._new(ti.i32, (R, 2))
         rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))

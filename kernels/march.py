@@ -42,11 +42,12 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
         return ti.max(ti.min(tx[0], tx[1], tx[2]), t)
 
     @ti.func
-    def march_ray(o, d, jitter, bitfield: ti.template(), write: ti.template(), base,
+    def march_ray(o, d, jitter, bitfield: ti.template(), write: ti.template(), base, limit,
                   out_t: ti.template(), out_dt: ti.template(), out_pos: ti.template(),
                   out_dir: ti.template()) -> ti.i32:
-        """March one ray whose first step starts `jitter` (in [0,1)) steps past the near point;
-        if `write`, store samples at rows base.. of the outputs; returns the count."""
+        """March one ray whose first step starts `jitter` (in [0,1)) steps past the near point,
+        at most `limit` samples; if `write`, store exactly `limit` rows at base.. of the
+        outputs (the count pass's number) and return it, else return the count."""
         box_lo = ti.Vector([lo[0], lo[1], lo[2]])
         box_hi = ti.Vector([hi[0], hi[1], hi[2]])
         t_near, t_far = ray_aabb(o, d, box_lo, box_hi)
@@ -56,7 +57,7 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
         t += jitter * step_size(t)
         inv_d = safe_inv(d)
         n = 0
-        while n < max_samples:
+        while n < limit:
             dt = step_size(t)
             if t + 0.5 * dt >= t_far:
                 break
@@ -81,6 +82,19 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
                 t_exit = cell_exit_t(o, inv_d, p, c, t)
                 n_steps = ti.max(ti.ceil((t_exit - t) / dt), 1.0)
                 t += n_steps * dt
+        if ti.static(write):
+            # the count and the fill pass are separate compiled loops whose float rounding may
+            # differ, so a fill may find a sample fewer than its count: pad with empty
+            # intervals (dt = 0 weighs nothing) rather than leave rows unwritten
+            t_end = ti.min(t, t_far)
+            while n < limit:
+                row = base + n
+                out_t[row] = t_end
+                out_dt[row] = 0.0
+                for a in ti.static(range(3)):
+                    out_pos[row, a] = o[a] + t_end * d[a]
+                    out_dir[row, a] = d[a]
+                n += 1
         return n
 
     return step_size, march_ray, cell_exit_t
@@ -90,8 +104,8 @@ class MarchKernels:
     """Compiled marching kernels for one occupancy spec and step rule.
 
     - ``count(rays_o (R,3), rays_d (R,3), jitter (R,), bitfield (W,) i32, counts (R,) i32)``
-    - ``fill(rays_o, rays_d, jitter, bitfield, offsets (R,) i32, t (M,), dt (M,), pos (M,3),
-      dir (M,3), ray_index (M,) i32)``
+    - ``fill(rays_o, rays_d, jitter, bitfield, offsets (R,) i32, counts (R,) i32, t (M,),
+      dt (M,), pos (M,3), dir (M,3), ray_index (M,) i32)``: exactly counts[r] rows per ray
 
     ``jitter`` is each ray's start offset in steps, in [0, 1): zeros for rendering, uniform
     random for training; count and fill must be given the same values.
@@ -101,6 +115,7 @@ class MarchKernels:
         self.occ, self.march = occ, march
         self.step_size, march_ray, _ = make_march_funcs(occ, march)
         self.march_ray = march_ray
+        max_samples = march.max_samples
 
         @ti.kernel
         def count(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -111,7 +126,8 @@ class MarchKernels:
             for r in range(rays_o.shape[0]):
                 o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
                 d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
-                counts[r] = march_ray(o, d, jitter[r], bitfield, False, 0, counts, counts, counts, counts)
+                counts[r] = march_ray(o, d, jitter[r], bitfield, False, 0, max_samples, counts,
+                                      counts, counts, counts)
 
         @ti.kernel
         def fill(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -119,6 +135,7 @@ class MarchKernels:
                  jitter: ti.types.ndarray(dtype=ti.f32, ndim=1),
                  bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1),
                  offsets: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                 counts: ti.types.ndarray(dtype=ti.i32, ndim=1),
                  out_t: ti.types.ndarray(dtype=ti.f32, ndim=1),
                  out_dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
                  out_pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -128,7 +145,8 @@ class MarchKernels:
                 o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
                 d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
                 base = offsets[r]
-                n = march_ray(o, d, jitter[r], bitfield, True, base, out_t, out_dt, out_pos, out_dir)
+                n = march_ray(o, d, jitter[r], bitfield, True, base, counts[r], out_t, out_dt,
+                              out_pos, out_dir)
                 for k in range(n):
                     ray_index[base + k] = r
 

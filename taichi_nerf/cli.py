@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -33,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "default: the built-in procedural scene). Writes RUN/"
                                    "checkpoint.npz and RUN/metrics.json.")
     t.add_argument("data", nargs="?", default=BUILTIN,
-                   help="dataset folder, or 'builtin' (default) for the built-in scene")
+                   help="dataset folder, or 'builtin' (default) for the built-in scene; "
+                        "'builtin:room' (cameras inside a room, COLMAP) and 'builtin:forward' "
+                        "(a forward-facing capture, LLFF) are its real-capture-shaped variants")
     t.add_argument("--out", type=Path, default=None,
                    help="run folder to write (default: runs/<data name>)")
     budget = t.add_mutually_exclusive_group()
@@ -51,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=0, help="validate every N steps")
     t.add_argument("--log2-table", type=int, default=None,
                    help="hash table size per level, log2 (default 17)")
+    t.add_argument("--aabb-scale", type=int, default=None,
+                   help="side of the model box in units of the core cube, a power of two up to "
+                        "128 (default: the dataset's own, or chosen from the extent of the "
+                        "cameras and of COLMAP's sparse points / LLFF's far bounds)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--view", action="store_true",
                    help="watch training live in a GGUI window (training continues without "
@@ -217,10 +224,21 @@ def _init(arch: str):
     return runtime.init(arch, verbose=True)
 
 
+def _is_builtin(data: Optional[str]) -> bool:
+    return data is not None and (data == BUILTIN or data.startswith(BUILTIN + ":"))
+
+
 def _resolve_data(data: str, quiet: bool) -> Path:
-    if data == BUILTIN:
-        from taichi_nerf.data.builtin import ensure_builtin_scene
-        return ensure_builtin_scene(progress=not quiet)
+    """A dataset folder, or the built-in scene ('builtin') or one of its variants
+    ('builtin:room', 'builtin:forward'), rendered into the cache on first use."""
+    if _is_builtin(data):
+        from taichi_nerf.data.builtin import DEFAULT_VARIANT, ensure_builtin_scene
+        from taichi_nerf.data.builtin_variants import VARIANTS
+        name = data.partition(":")[2] or DEFAULT_VARIANT
+        if name != DEFAULT_VARIANT and name not in VARIANTS:
+            raise CLIError(f"{data}: unknown built-in scene; choose {BUILTIN} or "
+                           + ", ".join(f"{BUILTIN}:{v}" for v in VARIANTS))
+        return ensure_builtin_scene(progress=not quiet, variant=name)
     return Path(data)
 
 
@@ -233,6 +251,7 @@ def _prepare_training(a: argparse.Namespace):
     """Load data, init the runtime and build the Trainer -> (trainer, val, out)."""
     from taichi_nerf.data import detect_format, load_dataset
     from taichi_nerf.data.blender import split_files
+    from taichi_nerf.data.scene import MAX_AABB_SCALE, is_power_of_two
     from taichi_nerf.kernels.specs import MAX_LOG2_TABLE
     from taichi_nerf.trainer import TrainConfig, Trainer
 
@@ -240,12 +259,19 @@ def _prepare_training(a: argparse.Namespace):
     _positive("time", a.time)
     if a.log2_table is not None and not 4 <= a.log2_table <= MAX_LOG2_TABLE:
         raise CLIError(f"--log2-table must be in [4, {MAX_LOG2_TABLE}], got {a.log2_table}")
-    out = a.out or Path("runs") / (BUILTIN if a.data == BUILTIN else Path(a.data).resolve().name)
+    if a.aabb_scale is not None and not (1 <= a.aabb_scale <= MAX_AABB_SCALE
+                                         and is_power_of_two(a.aabb_scale)):
+        raise CLIError(f"--aabb-scale must be a power of two in [1, {MAX_AABB_SCALE}], "
+                       f"got {a.aabb_scale}")
+    out = a.out or Path("runs") / (a.data.replace(":", "-") if _is_builtin(a.data)
+                                   else Path(a.data).resolve().name)
     if a.resume and not (out / "checkpoint.npz").exists():
         raise CLIError(f"{out / 'checkpoint.npz'}: no checkpoint to resume from")
     root = _resolve_data(a.data, a.quiet)
     fmt = detect_format(root)
     train = load_dataset(root, "train", a.downscale, a.holdout)
+    if a.aabb_scale is not None:
+        train = dataclasses.replace(train, aabb_scale=a.aabb_scale)
     if fmt == "blender":
         # validate on val, or on test when there is no val split; a broken val split is an error
         vsplit = "val" if a.data != BUILTIN and "val" in split_files(root) else "test"

@@ -75,6 +75,9 @@ class NGPField(nn.Module):
         self.density_net = _mlp(config.grid.out_dim, config.hidden, 1, config.geo_features)
         self.color_net = _mlp(config.geo_features + sh_dim(config.sh_degree), config.hidden,
                               config.color_hidden_layers, 3)
+        # weight of each hash level's features (coarse-to-fine training ramps them 0 -> 1);
+        # a buffer, so checkpoints carry it and every renderer encodes alike
+        self.register_buffer("level_weights", torch.ones(config.grid.n_levels))
         if generator is not None:
             # torch's default init draws from the global RNG; use ours for reproducibility
             for m in self.modules():
@@ -86,8 +89,17 @@ class NGPField(nn.Module):
 
     def density(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """pos (M,3) in [0,1] -> sigma (M,), geometry features (M, geo_features)."""
-        h = self.density_net(self.grid(pos))                            # [M, G]
+        enc = self.grid(pos)
+        w = self.level_weights.repeat_interleave(self.config.grid.n_features)
+        h = self.density_net(enc * w)                                   # [M, G]
         return trunc_exp(h[:, 0]), h
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's; checkpoints from before coarse-to-fine training get all levels on."""
+        if "level_weights" not in state_dict:
+            state_dict = dict(state_dict)
+            state_dict["level_weights"] = torch.ones_like(self.level_weights)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, pos: torch.Tensor, dirs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """pos (M,3) in [0,1], dirs (M,3) unit -> sigma (M,), rgb (M,3)."""

@@ -211,7 +211,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tenso
     dirs = torch.empty(M, 3, dtype=torch.float32, device=dev)
     ray_index = torch.empty(M, dtype=torch.int32, device=dev)
     if M:
-        k.fill(rays_o, rays_d, jitter, bitfield, starts, t, dt, pos, dirs, ray_index)
+        k.fill(rays_o, rays_d, jitter, bitfield, starts, counts, t, dt, pos, dirs, ray_index)
     return PackedSamples(t, dt, pos, dirs, ray_index, torch.stack([starts, counts], -1))
 
 

@@ -55,7 +55,8 @@ class Renderer:
         out_rgb, depth, opacity, n_used = ops.composite(sigma, rgb, s.t, s.dt, s.rays, bg,
                                                         T_THRESHOLD)
         return {"rgb": out_rgb, "depth": depth, "opacity": opacity,
-                "n_samples": s.n_samples, "n_used": n_used, "n_rays": n_rays}
+                "n_samples": s.n_samples, "n_used": n_used, "n_rays": n_rays,
+                "sigma": sigma, "samples": s}
 
     @torch.no_grad()
     def render_image(self, c2w: torch.Tensor, intrinsics: torch.Tensor, distortion: torch.Tensor,

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from taichi_nerf import runtime
+from taichi_nerf.checkpoint import load_checkpoint
 from taichi_nerf.cli import main
 from taichi_nerf.data import builtin
 
@@ -197,6 +198,22 @@ def test_train_bad_table_size(data, tmp_path, capsys):
     rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
                      "--arch", "cpu", "--quiet", "--log2-table", "2")
     assert_one_line_error(rc, err, "train", "--log2-table", "got 2")
+
+
+@pytest.mark.parametrize("value", ["3", "0", "256"])
+def test_train_bad_aabb_scale(data, tmp_path, capsys, value):
+    rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
+                     "--aabb-scale", value, *FAST)
+    assert_one_line_error(rc, err, "train", "--aabb-scale", f"got {value}", "power of two")
+
+
+def test_train_aabb_scale_overrides_the_dataset(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, out, err = cli(capsys, "train", data, "--out", run, "--steps", 1, "--aabb-scale", "4",
+                       *FAST)
+    assert rc == 0, err
+    cfg, _ = load_checkpoint(run / "checkpoint.npz")
+    assert cfg["scene"]["aabb_scale"] == 4 and cfg["occupancy"]["n_cascades"] == 3
 
 
 def test_train_unwritable_out(data, tmp_path, capsys):

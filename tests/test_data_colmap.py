@@ -194,3 +194,40 @@ def test_colmap_truncated_binary(tmp_path):
     with pytest.raises(DataError, match="truncated") as e:
         load_dataset(root)
     assert str(p) in str(e.value)
+
+
+def write_points(folder, pts, binary):
+    if binary:
+        data = struct.pack("<Q", len(pts))
+        for i, p in enumerate(pts, 1):
+            data += struct.pack("<Q3d3Bd", i, *p, 10, 20, 30, 0.5)
+            data += struct.pack("<Q", 2) + struct.pack("<iiii", 1, 0, 2, 1)
+        (folder / "points3D.bin").write_bytes(data)
+    else:
+        lines = ["# 3D point list with one line of data per point:"]
+        lines += [f"{i} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} 10 20 30 0.5 1 0 2 1"
+                  for i, p in enumerate(pts, 1)]
+        (folder / "points3D.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_colmap_sparse_points_size_the_box(tmp_path, binary):
+    # cameras at distance 4 fit aabb_scale 4; a wall of points at distance 20 (model
+    # units 20 x 0.33 = 6.6 from the centre) needs aabb_scale 16; one far outlier must not count
+    root = make_colmap(tmp_path, binary=binary)
+    assert load_dataset(root, "all").aabb_scale == 4
+    rng = np.random.default_rng(0)
+    wall = np.concatenate([rng.uniform(-20, 20, (400, 2)), np.full((400, 1), 20.0)], 1)[:, [0, 2, 1]]
+    pts = np.concatenate([wall, [[1e4, 0, 0]]])
+    write_points(root / "sparse" / "0", pts, binary)
+    ds = load_dataset(root, "all")
+    assert ds.aabb_scale == 16
+    model = wall * ds.scene_scale + ds.scene_offset  # the cameras' up is world +z already
+    assert np.abs(model - 0.5).max() <= ds.aabb_scale / 2
+
+
+def test_colmap_bad_points_file_names_the_file(tmp_path):
+    root = make_colmap(tmp_path)
+    (root / "sparse" / "0" / "points3D.txt").write_text("1 2.0 nope 4\n")
+    with pytest.raises(DataError, match="points3D.txt"):
+        load_dataset(root, "all")

@@ -176,3 +176,34 @@ def test_near_distance_skips_space_in_front_of_the_camera(arch, gen):
     s = ops.march_rays(o, d, full, OCC, march)
     assert (s.t - 0.5 * s.dt).min() >= 0.1 - 1e-6
     assert torch.allclose(s.t[s.rays[:, 0].long()], torch.full((64,), 0.105), atol=1e-5)
+
+
+def test_fill_writes_exactly_the_counted_rows(arch, gen):
+    # count and fill are separate compiled loops: if the fill finds fewer samples than the
+    # count said, its rows must still be written (empty intervals), never left as garbage
+    from taichi_nerf.kernels.march import march_kernels
+    march = MarchSpec(min_step=0.01, max_step=0.01, max_samples=1024)
+    o, d = _rays(gen, 64)
+    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool))
+    jitter = torch.rand(64, generator=gen)
+    ref = ops.march_rays(o, d, full, OCC, march, jitter)
+    counts = ref.rays[:, 1].clone()
+    counts[::2] += 3                          # ask for more rows than there are samples
+    counts[1::4] = (counts[1::4] - 2).clamp(min=0)  # and for fewer
+    starts = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+    M = int(counts.sum())
+    out = [torch.full((M,), float("nan")), torch.full((M,), float("nan")),
+           torch.full((M, 3), float("nan")), torch.full((M, 3), float("nan")),
+           torch.full((M,), -1, dtype=torch.int32)]
+    march_kernels(OCC, march).fill(o, d, jitter, full, starts, counts.contiguous(), *out)
+    t, dt, pos, dirs, ray_index = out
+    for r in range(64):
+        s, c = int(starts[r]), int(counts[r])
+        s0, c0 = ref.rays[r].tolist()
+        k = min(c, c0)
+        assert torch.equal(t[s:s + k], ref.t[s0:s0 + k]) and torch.equal(dt[s:s + k], ref.dt[s0:s0 + k])
+        assert torch.all(ray_index[s:s + c] == r)
+        assert torch.all(dt[s + k:s + c] == 0)  # the padding weighs nothing
+        assert torch.isfinite(pos[s:s + c]).all() and torch.isfinite(dirs[s:s + c]).all()
+        lo, hi = OCC.aabb
+        assert torch.all(pos[s:s + c] >= lo[0] - 1e-5) and torch.all(pos[s:s + c] <= hi[0] + 1e-5)

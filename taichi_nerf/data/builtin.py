@@ -43,8 +43,10 @@ CAMERA_SEED = 0
 SAMPLES_PER_AXIS = 3
 MARKER_NAME = "builtin_scene.json"
 
-SPHERE, BOX, TORUS, CYLINDER = 0, 1, 2, 3
-KINDS = {"sphere": SPHERE, "box": BOX, "torus": TORUS, "cylinder": CYLINDER}
+SPHERE, BOX, TORUS, CYLINDER, ROOM = 0, 1, 2, 3, 4
+# a room is a box seen from inside (its walls are hit on the way out) that casts no shadow,
+# so that the light still reaches what stands in it
+KINDS = {"sphere": SPHERE, "box": BOX, "torus": TORUS, "cylinder": CYLINDER, "room": ROOM}
 TEX_SOLID, TEX_LATLONG_CHECKER, TEX_CHECKER3D, TEX_ANGULAR_STRIPES, TEX_BANDS = 0, 1, 2, 3, 4
 TEXTURES = {"solid": TEX_SOLID, "latlong_checker": TEX_LATLONG_CHECKER,
             "checker3d": TEX_CHECKER3D, "angular_stripes": TEX_ANGULAR_STRIPES,
@@ -141,9 +143,10 @@ def primitive_sdf(points: np.ndarray, prim: Primitive) -> np.ndarray:
     p = _to_local(np.asarray(points, np.float64).reshape(-1, 3), prim)
     if prim.kind == "sphere":
         return np.linalg.norm(p, axis=1) - prim.params[0]
-    if prim.kind == "box":
+    if prim.kind in ("box", "room"):
         q = np.abs(p) - np.asarray(prim.params[:3])
-        return np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(axis=1), 0.0)
+        d = np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(axis=1), 0.0)
+        return -d if prim.kind == "room" else d  # a room's solid is everything outside it
     if prim.kind == "torus":
         major, tube = prim.params[:2]
         q = np.stack([np.hypot(p[:, 0], p[:, 1]) - major, p[:, 2]], axis=1)
@@ -155,10 +158,11 @@ def primitive_sdf(points: np.ndarray, prim: Primitive) -> np.ndarray:
     raise ValueError(f"unknown primitive kind {prim.kind!r}")
 
 
-def scene_sdf(points_world: np.ndarray) -> np.ndarray:
+def scene_sdf(points_world: np.ndarray,
+              primitives: Sequence[Primitive] = PRIMITIVES) -> np.ndarray:
     """(N,) signed distance (world units, negative inside) from (N, 3) world points to the scene."""
     pts = np.asarray(points_world, np.float64).reshape(-1, 3)
-    return np.min([primitive_sdf(pts, p) for p in PRIMITIVES], axis=0)
+    return np.min([primitive_sdf(pts, p) for p in primitives], axis=0)
 
 
 def inside(points: np.ndarray) -> np.ndarray:
@@ -232,7 +236,7 @@ def primitive_ray_depth(origins: np.ndarray, dirs: np.ndarray, prim: Primitive) 
     if prim.kind == "sphere":
         tn, tf, ok = _sphere_interval(o, d, prim.params[0])
         return _first_positive(tn, tf, ok)
-    if prim.kind == "box":
+    if prim.kind in ("box", "room"):
         h = np.asarray(prim.params[:3])
         inv = 1.0 / _safe(d)
         ta, tb = (-h - o) * inv, (h - o) * inv
@@ -259,13 +263,14 @@ def primitive_ray_depth(origins: np.ndarray, dirs: np.ndarray, prim: Primitive) 
     raise ValueError(f"unknown primitive kind {prim.kind!r}")
 
 
-def ray_depth(origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+def ray_depth(origins: np.ndarray, dirs: np.ndarray,
+              primitives: Sequence[Primitive] = PRIMITIVES) -> np.ndarray:
     """(N,) t of the first surface hit (origins + t * dirs), inf on miss; (N, 3) world origins and dirs (any length)."""
     o = np.asarray(origins, np.float64).reshape(-1, 3)
     d = np.asarray(dirs, np.float64).reshape(-1, 3)
     norm = np.linalg.norm(d, axis=1)
     u = d / norm[:, None]
-    dist = np.min([primitive_ray_depth(o, u, p) for p in PRIMITIVES], axis=0)
+    dist = np.min([primitive_ray_depth(o, u, p) for p in primitives], axis=0)
     return dist / norm
 
 
@@ -369,7 +374,7 @@ def _hit_local(table: ti.template(), k, ol, dl, tmin):
             if tf > tmin:
                 t = ti.select(tn > tmin, tn, tf)
                 n = (ol + t * dl).normalized()
-    elif kind == BOX:
+    elif kind == BOX or kind == ROOM:
         h = ti.Vector([p0, p1, p2])
         ta = _safe_div(-h - ol, dl)
         tb = _safe_div(h - ol, dl)
@@ -442,12 +447,16 @@ def _hit_local(table: ti.template(), k, ol, dl, tmin):
 
 
 @ti.func
-def _closest_hit(table: ti.template(), o, d, tmin):
-    """(t, primitive index, world normal) of the closest hit over all primitives."""
+def _closest_hit(table: ti.template(), o, d, tmin, shadow: ti.template()):
+    """(t, primitive index, world normal) of the closest hit over all primitives (a shadow
+    ray ignores rooms)."""
     best_t = NO_HIT
     best_k = -1
     best_n = ti.Vector([0.0, 0.0, 1.0])
     for k in range(table.shape[0]):
+        if ti.static(shadow):
+            if ti.cast(table[k, _C_KIND], ti.i32) == ROOM:
+                continue
         c = _row3(table, k, _C_CENTER)
         m = ti.Matrix.rows([_row3(table, k, _C_ROT), _row3(table, k, _C_ROT + 3),
                             _row3(table, k, _C_ROT + 6)])
@@ -504,7 +513,7 @@ def _render_kernel(table: ti.types.ndarray(dtype=ti.f32, ndim=2),
             d = ti.Vector([c2w[0, 0] * x + c2w[0, 1] * y - c2w[0, 2],
                            c2w[1, 0] * x + c2w[1, 1] * y - c2w[1, 2],
                            c2w[2, 0] * x + c2w[2, 1] * y - c2w[2, 2]]).normalized()
-            t, k, n = _closest_hit(table, origin, d, 0.0)
+            t, k, n = _closest_hit(table, origin, d, 0.0, False)
             if 2 * sj + 1 == n_sub and 2 * si + 1 == n_sub:
                 centre_t = t
             if k >= 0:
@@ -519,7 +528,7 @@ def _render_kernel(table: ti.types.ndarray(dtype=ti.f32, ndim=2),
                 ndl = n.dot(light)
                 lit = 0.0
                 if ndl > 0:
-                    ts, ks, ns = _closest_hit(table, p + 1e-3 * n, light, 0.0)
+                    ts, ks, ns = _closest_hit(table, p + 1e-3 * n, light, 0.0, True)
                     lit = ti.select(ks < 0, 1.0, 0.0)
                 ambient = AMBIENT_DOWN + (AMBIENT_UP - AMBIENT_DOWN) * (0.5 + 0.5 * n.z)
                 half = (light - d).normalized()
@@ -545,14 +554,15 @@ def _ensure_runtime() -> None:
 
 def render_view(c2w: np.ndarray, width: int, height: int,
                 camera_angle_x: float = CAMERA_ANGLE_X,
-                samples_per_axis: int = SAMPLES_PER_AXIS) -> Tuple[np.ndarray, np.ndarray]:
+                samples_per_axis: int = SAMPLES_PER_AXIS,
+                primitives: Sequence[Primitive] = PRIMITIVES) -> Tuple[np.ndarray, np.ndarray]:
     """Ray trace one view: (H, W, 4) float32 straight sRGB + alpha in [0, 1], (H, W) centre-ray distance (inf on miss)."""
     if samples_per_axis < 1 or samples_per_axis % 2 == 0:
         raise ValueError(f"samples_per_axis must be odd and >= 1, got {samples_per_axis}")
     _ensure_runtime()
     rgba = np.zeros((height, width, 4), np.float32)
     depth = np.zeros((height, width), np.float32)
-    _render_kernel(primitive_table(), np.ascontiguousarray(c2w, np.float32),
+    _render_kernel(primitive_table(primitives), np.ascontiguousarray(c2w, np.float32),
                    focal_length(width, camera_angle_x), samples_per_axis, rgba, depth)
     depth = depth.astype(np.float32)
     depth[depth >= 0.5 * NO_HIT] = np.inf
@@ -573,37 +583,55 @@ def cache_root(cache_dir: Optional[os.PathLike] = None) -> Path:
     return Path(base) / "taichi-nerf"
 
 
+DEFAULT_VARIANT = "object"
+
+
 def builtin_scene_path(resolution: int = DEFAULT_RESOLUTION,
-                       cache_dir: Optional[os.PathLike] = None) -> Path:
-    """Where the built-in scene at `resolution` x `resolution` pixels lives (may not exist yet)."""
-    return cache_root(cache_dir) / f"builtin-v{SCENE_VERSION}-{int(resolution)}"
+                       cache_dir: Optional[os.PathLike] = None,
+                       variant: str = DEFAULT_VARIANT) -> Path:
+    """Where the built-in scene (or variant) at `resolution` x `resolution` pixels lives (may not exist yet)."""
+    kind = "" if variant == DEFAULT_VARIANT else f"{variant}-"
+    return cache_root(cache_dir) / f"builtin-{kind}v{SCENE_VERSION}-{int(resolution)}"
 
 
-def _fingerprint(resolution: int) -> str:
-    blob = json.dumps({"version": SCENE_VERSION, "resolution": resolution,
-                       "table": primitive_table().round(6).tolist(),
-                       "cameras": {k: v.round(9).tolist() for k, v in builtin_cameras().items()},
-                       "camera_angle_x": CAMERA_ANGLE_X, "spp": SAMPLES_PER_AXIS,
-                       "light": [LIGHT_DIR, AMBIENT_DOWN, AMBIENT_UP, DIFFUSE]}, sort_keys=True)
+def _fingerprint(resolution: int, variant: str = DEFAULT_VARIANT) -> str:
+    data = {"version": SCENE_VERSION, "resolution": resolution,
+            "table": primitive_table().round(6).tolist(),
+            "cameras": {k: v.round(9).tolist() for k, v in builtin_cameras().items()},
+            "camera_angle_x": CAMERA_ANGLE_X, "spp": SAMPLES_PER_AXIS,
+            "light": [LIGHT_DIR, AMBIENT_DOWN, AMBIENT_UP, DIFFUSE]}
+    if variant != DEFAULT_VARIANT:
+        from .builtin_variants import fingerprint_data, variant as get_variant
+        data.update(fingerprint_data(get_variant(variant)))
+    blob = json.dumps(data, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def is_complete(path: os.PathLike, resolution: int = DEFAULT_RESOLUTION) -> bool:
+def is_complete(path: os.PathLike, resolution: int = DEFAULT_RESOLUTION,
+                variant: str = DEFAULT_VARIANT) -> bool:
     """True if `path` holds a finished render of this scene version at `resolution`."""
     try:
         marker = json.loads((Path(path) / MARKER_NAME).read_text())
     except (OSError, ValueError):
         return False
-    return marker.get("fingerprint") == _fingerprint(resolution)
+    return marker.get("fingerprint") == _fingerprint(resolution, variant)
 
 
 def write_builtin_scene(out_dir: os.PathLike, resolution: int = DEFAULT_RESOLUTION,
-                        progress: bool = True) -> None:
-    """Render the scene as a Blender dataset (transforms_*.json + RGBA PNGs) into an existing folder."""
+                        progress: bool = True, variant: str = DEFAULT_VARIANT) -> None:
+    """Render the scene into an existing folder: the default as a Blender dataset
+    (transforms_*.json + RGBA PNGs), the variants as COLMAP (room) or LLFF (forward)."""
     import imageio.v3 as iio
     from tqdm import tqdm
 
     out = Path(out_dir)
+    if variant != DEFAULT_VARIANT:
+        from .builtin_variants import write_variant
+        write_variant(out, variant, resolution, progress)
+        marker = {"scene": f"taichi-nerf builtin {variant}", "version": SCENE_VERSION,
+                  "resolution": resolution, "fingerprint": _fingerprint(resolution, variant)}
+        (out / MARKER_NAME).write_text(json.dumps(marker, indent=2))
+        return
     cams = builtin_cameras()
     total = sum(len(v) for v in cams.values())
     with tqdm(total=total, desc=f"rendering built-in scene {resolution}x{resolution}",
@@ -629,30 +657,31 @@ def write_builtin_scene(out_dir: os.PathLike, resolution: int = DEFAULT_RESOLUTI
 
 def ensure_builtin_scene(resolution: int = DEFAULT_RESOLUTION,
                          cache_dir: Optional[os.PathLike] = None,
-                         progress: bool = True) -> Path:
-    """Path of the cached Blender-format built-in scene, rendering it first if missing or stale."""
+                         progress: bool = True, variant: str = DEFAULT_VARIANT) -> Path:
+    """Path of the cached built-in scene (or variant: "room", "forward"), rendering it first
+    if missing or stale."""
     resolution = int(resolution)
     if resolution < 8:
         raise ValueError(f"built-in scene resolution must be >= 8 pixels, got {resolution}")
-    final = builtin_scene_path(resolution, cache_dir)
-    if is_complete(final, resolution):
+    final = builtin_scene_path(resolution, cache_dir, variant)
+    if is_complete(final, resolution, variant):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     # Render beside the target and rename: readers never see a half-written
     # scene, and an interrupted render leaves the old one (or nothing) behind.
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        write_builtin_scene(tmp, resolution, progress)
+        write_builtin_scene(tmp, resolution, progress, variant)
         stale = None
         if final.exists():
-            if is_complete(final, resolution):  # another process finished first
+            if is_complete(final, resolution, variant):  # another process finished first
                 return final
             stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=final.parent))
             os.replace(final, stale / "old")
         try:
             os.rename(tmp, final)
         except OSError:
-            if not is_complete(final, resolution):
+            if not is_complete(final, resolution, variant):
                 raise
         if stale is not None:
             shutil.rmtree(stale, ignore_errors=True)

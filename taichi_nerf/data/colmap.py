@@ -15,7 +15,8 @@ import numpy as np
 from .dataset import Dataset
 from .errors import DataError
 from .colmap_model import (camera_intrinsics, qvec_to_rotmat, read_cameras_binary,
-                           read_cameras_text, read_images_binary, read_images_text)
+                           read_cameras_text, read_images_binary, read_images_text,
+                           read_points_binary, read_points_text)
 from .images import load_images
 from .scene import fit_scene, up_alignment
 from .splits import holdout_indices
@@ -39,6 +40,26 @@ def colmap_to_c2w(qvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
     c2w[:3, :3] = rot.T
     c2w[:3, 3] = -rot.T @ np.asarray(tvec, dtype=np.float64)
     return c2w @ OPENCV_TO_OPENGL
+
+
+# share of the sparse points the model box must hold: the rest are outliers, mismatches or
+# far background that the outer cascades cover anyway
+POINTS_KEPT = 0.95
+
+
+def scene_points(folder: Path, ext: str, align: np.ndarray) -> Optional[np.ndarray]:
+    """The sparse points (P, 3) nearest the cameras' centroid (POINTS_KEPT of them), in the
+    aligned world; None when the model has no points3D file."""
+    path = folder / f"points3D.{ext}"
+    if not path.is_file():
+        return None
+    pts = read_points_binary(path) if ext == "bin" else read_points_text(path)
+    pts = pts[np.all(np.isfinite(pts), axis=1)]
+    if len(pts) == 0:
+        return None
+    pts = pts @ align[:3, :3].T + align[:3, 3]
+    d = np.linalg.norm(pts - pts.mean(0), axis=1)
+    return pts[d <= np.quantile(d, POINTS_KEPT)]
 
 
 def load_colmap(root: Path, split: str = "train", downscale: int = 1, holdout: int = 0) -> Dataset:
@@ -65,8 +86,9 @@ def load_colmap(root: Path, split: str = "train", downscale: int = 1, holdout: i
                 and np.linalg.norm(im.qvec) > 0):
             raise DataError(img_path, f"image {im.name}: pose is not finite")
         c2w.append(colmap_to_c2w(im.qvec, im.tvec))
-    c2w = up_alignment(np.stack(c2w)) @ np.stack(c2w)
-    scene = fit_scene(c2w)
+    align = up_alignment(np.stack(c2w))
+    c2w = align @ np.stack(c2w)
+    scene = fit_scene(c2w, extra_points=scene_points(folder, ext, align))
 
     sel = holdout_indices(len(images), split, holdout, img_path)
     chosen = [images[i] for i in sel]

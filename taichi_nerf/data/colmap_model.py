@@ -1,4 +1,4 @@
-"""Readers for COLMAP sparse models (cameras and images; text or binary)."""
+"""Readers for COLMAP sparse models (cameras, images and 3D points; text or binary)."""
 from __future__ import annotations
 
 import struct
@@ -145,6 +145,34 @@ def read_images_binary(path: Path) -> List[ColmapImage]:
         r.skip(24 * n_points)  # (f64 x, f64 y, i64 point3D_id) each: not needed here
         images.append(ColmapImage(np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name))
     return images
+
+
+def read_points_text(path: Path) -> np.ndarray:
+    """Parse ``points3D.txt`` -> (P, 3) float64 world positions, one per ``POINT3D_ID X Y Z ...`` line."""
+    pts = []
+    for n, line in enumerate(_data_lines(path), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        el = line.split()
+        try:
+            pts.append([float(el[1]), float(el[2]), float(el[3])])
+        except (IndexError, ValueError):
+            raise DataError(path, f"line {n}: expected 'POINT3D_ID X Y Z R G B ERROR TRACK...'") from None
+    return np.array(pts, dtype=np.float64).reshape(-1, 3)
+
+
+def read_points_binary(path: Path) -> np.ndarray:
+    """Parse ``points3D.bin`` (u64 count; per point u64 id, f64 xyz, u8 rgb, f64 error, track) -> (P, 3)."""
+    r = _Reader(path)
+    (count,) = r.take("<Q")
+    pts = np.empty((count, 3), dtype=np.float64)
+    for i in range(count):
+        vals = r.take("<Q3d3Bd")
+        pts[i] = vals[1:4]
+        (track,) = r.take("<Q")
+        r.skip(8 * track)  # (i32 image_id, i32 point2D_idx) each: not needed here
+    return pts
 
 
 def qvec_to_rotmat(q: np.ndarray) -> np.ndarray:

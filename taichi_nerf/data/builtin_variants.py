@@ -1,0 +1,210 @@
+"""Built-in variants shaped like real captures, written in the formats real captures come in.
+
+- ``room``: the built-in primitives inside a textured room, cameras *inside* it looking at
+  the primitives and at the walls, written as a COLMAP text model with sparse points on the
+  surfaces (what a phone capture of a room gives after structure from motion);
+- ``forward``: the primitives in front of a back wall, cameras on a small plane all
+  facing one way, written as LLFF ``poses_bounds.npy`` with per-view depth bounds.
+
+Nothing is placed by hand in model space: the loaders' automatic scene placement
+(``scene.fit_scene``) decides the box, as it does for a user's own capture. The
+images come from the same Taichi ray tracer and the geometry from the same analytic
+functions as the default scene (:mod:`taichi_nerf.data.builtin`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from . import builtin
+from .builtin import PRIMITIVES, Primitive, look_at, pixel_rays, ray_depth, render_view
+
+VARIANTS = ("room", "forward")
+
+# half extents x freq land mid-cell (x.5) on every face, as for the default box
+ROOM = Primitive("room", "room", (0.0, 0.0, 0.6), (0.0, 0.0, 0.0), (3.0, 3.0, 1.4),
+                 (0.80, 0.78, 0.70), (0.35, 0.45, 0.55), "checker3d", (2.5, 2.5), 0.0, 1.0)
+# the wall faces +y, where the light comes from, and the cameras look at it from +y
+BACK_WALL = Primitive("wall", "box", (0.0, -3.0, 0.3), (0.0, 0.0, 0.0), (5.0, 0.2, 4.0),
+                      (0.85, 0.80, 0.65), (0.30, 0.40, 0.60), "checker3d", (2.5, 2.5), 0.0, 1.0)
+FLOOR_Z = ROOM.center[2] - ROOM.params[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One variant: its primitives, horizontal field of view (radians) and camera count."""
+
+    name: str
+    primitives: Tuple[Primitive, ...]
+    camera_angle_x: float
+    n_views: int
+    holdout: int = 8  # every K-th view is held out by the loaders' default --holdout
+
+
+SPECS: Dict[str, Variant] = {
+    "room": Variant("room", PRIMITIVES + (ROOM,), 1.2, 64),
+    "forward": Variant("forward", PRIMITIVES + (BACK_WALL,), 0.9, 40),
+}
+
+
+def variant(name: str) -> Variant:
+    """The Variant called ``name`` (one of VARIANTS); ValueError otherwise."""
+    if name not in SPECS:
+        raise ValueError(f"unknown built-in variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    return SPECS[name]
+
+
+def room_cameras(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 4, 4) OpenGL camera-to-world poses inside the room: on a ring around the primitives,
+    three in four looking across them, one in four looking out at a wall."""
+    rng = np.random.default_rng(seed)
+    poses = []
+    for i in range(n):
+        phi = 2 * math.pi * (i + rng.uniform(-0.3, 0.3)) / n
+        r = rng.uniform(1.9, 2.4)
+        pos = np.array([r * math.cos(phi), r * math.sin(phi), rng.uniform(-0.1, 0.9)])
+        if i % 4 == 3:
+            out = pos[:2] / np.linalg.norm(pos[:2])
+            side = np.array([-out[1], out[0]]) * rng.uniform(-0.8, 0.8)
+            target = np.array([*(pos[:2] + out + side), pos[2] + rng.uniform(-0.3, 0.1)])
+        else:
+            target = np.array([*rng.uniform(-0.5, 0.5, 2), rng.uniform(-0.3, 0.2)])
+        poses.append(look_at(pos, target))
+    return np.stack(poses)
+
+
+def forward_cameras(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 4, 4) poses on a 1.4 x 0.9 plane at y = 4, all facing -y (up +z), like a hand-held
+    forward-facing capture: small sideways steps, nearly parallel axes."""
+    rng = np.random.default_rng(seed)
+    cols = int(math.ceil(math.sqrt(n * 1.5)))
+    poses = []
+    for i in range(n):
+        gx, gz = i % cols, i // cols
+        rows = int(math.ceil(n / cols))
+        x = -0.7 + 1.4 * (gx + 0.5) / cols + rng.uniform(-0.05, 0.05)
+        z = -0.2 + 0.9 * (gz + 0.5) / rows + rng.uniform(-0.05, 0.05)
+        pos = np.array([x, 4.0, z])
+        aim = np.array([rng.uniform(-0.03, 0.03), -1.0, rng.uniform(-0.03, 0.03)])
+        poses.append(look_at(pos, pos + aim))
+    return np.stack(poses)
+
+
+def cameras(v: Variant) -> np.ndarray:
+    """(n_views, 4, 4) world camera-to-world poses of the variant."""
+    return room_cameras(v.n_views) if v.name == "room" else forward_cameras(v.n_views)
+
+
+def fingerprint_data(v: Variant) -> dict:
+    """Everything that decides the variant's files (for the cache fingerprint)."""
+    return {"variant": v.name, "table": builtin.primitive_table(v.primitives).round(6).tolist(),
+            "cameras": cameras(v).round(9).tolist(), "camera_angle_x": v.camera_angle_x}
+
+
+# ------------------------------------------------------------------ writers
+def rotation_to_quat(r: np.ndarray) -> np.ndarray:
+    """Rotation (3, 3) -> unit quaternion (w, x, y, z) (Shepperd's method)."""
+    tr = np.trace(r)
+    if tr > 0:
+        s = 2 * math.sqrt(tr + 1)
+        return np.array([0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s,
+                         (r[1, 0] - r[0, 1]) / s])
+    i = int(np.argmax(np.diag(r)))
+    j, k = (i + 1) % 3, (i + 2) % 3
+    s = 2 * math.sqrt(1 + r[i, i] - r[j, j] - r[k, k])
+    q = np.zeros(4)
+    q[0] = (r[k, j] - r[j, k]) / s
+    q[1 + i] = 0.25 * s
+    q[1 + j] = (r[j, i] + r[i, j]) / s
+    q[1 + k] = (r[k, i] + r[i, k]) / s
+    return q
+
+
+def surface_points(poses: np.ndarray, v: Variant, per_view: int = 12) -> np.ndarray:
+    """(P, 3) world points where a per_view x per_view grid of rays of each view hits a surface
+    (the sparse points structure from motion would triangulate)."""
+    pts = []
+    for c2w in poses:
+        o, d = pixel_rays(c2w, per_view, per_view, v.camera_angle_x)
+        t = ray_depth(o, d, v.primitives)
+        hit = np.isfinite(t)
+        pts.append(o[hit] + t[hit, None] * d[hit])
+    return np.concatenate(pts)
+
+
+def _write_rgb(path: Path, rgba: np.ndarray) -> None:
+    import imageio.v3 as iio
+    rgb = rgba[..., :3] * rgba[..., 3:]  # a photo has no alpha: misses are black
+    iio.imwrite(path, np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8))
+
+
+def _render_all(out: Path, v: Variant, poses: np.ndarray, resolution: int, bar) -> List[str]:
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, c2w in enumerate(poses):
+        rgba, _ = render_view(c2w, resolution, resolution, v.camera_angle_x,
+                              primitives=v.primitives)
+        names.append(f"view_{i:03d}.png")
+        _write_rgb(out / "images" / names[-1], rgba)
+        bar.update(1)
+    return names
+
+
+def write_colmap_text(out: Path, poses: np.ndarray, names: Sequence[str], focal: float,
+                      resolution: int, points: np.ndarray) -> None:
+    """COLMAP text model (one PINHOLE camera, images, points) under out/sparse/0."""
+    folder = out / "sparse" / "0"
+    folder.mkdir(parents=True, exist_ok=True)
+    c = resolution / 2
+    (folder / "cameras.txt").write_text(
+        "# CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]\n"
+        f"1 PINHOLE {resolution} {resolution} {focal!r} {focal!r} {c!r} {c!r}\n")
+    lines = ["# IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME", "# POINTS2D[] as (X, Y, POINT3D_ID)"]
+    gl_to_cv = np.diag([1.0, -1.0, -1.0])
+    for i, (c2w, name) in enumerate(zip(poses, names), 1):
+        r_w2c = (c2w[:3, :3] @ gl_to_cv).T
+        t = -r_w2c @ c2w[:3, 3]
+        q = rotation_to_quat(r_w2c)
+        lines.append(f"{i} " + " ".join(repr(float(x)) for x in (*q, *t)) + f" 1 {name}")
+        lines.append("")
+    (folder / "images.txt").write_text("\n".join(lines) + "\n")
+    lines = ["# POINT3D_ID X Y Z R G B ERROR TRACK[]"]
+    lines += [f"{i} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} 128 128 128 0.5"
+              for i, p in enumerate(points, 1)]
+    (folder / "points3D.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_llff(out: Path, poses: np.ndarray, focal: float, resolution: int, v: Variant) -> None:
+    """poses_bounds.npy: per view LLFF's [down, right, back | t | h w f] and near/far depth
+    bounds (the 1st and 99th percentile of the view's surface depths, with a margin, as
+    LLFF's imgs2poses takes them from COLMAP's points)."""
+    rows = []
+    for c2w in poses:
+        o, d = pixel_rays(c2w, 24, 24, v.camera_angle_x)
+        t = ray_depth(o, d, v.primitives)
+        z = (t * (d @ -c2w[:3, 2]))[np.isfinite(t)]  # depth along the optical axis
+        near, far = np.percentile(z, 1) * 0.9, np.percentile(z, 99) * 1.1
+        m = np.stack([-c2w[:3, 1], c2w[:3, 0], c2w[:3, 2], c2w[:3, 3],
+                      [resolution, resolution, focal]], axis=1)  # [down, right, back, t, hwf]
+        rows.append(np.concatenate([m.reshape(-1), [near, far]]))
+    np.save(out / "poses_bounds.npy", np.asarray(rows, np.float64))
+
+
+def write_variant(out: Path, name: str, resolution: int, progress: bool = True) -> None:
+    """Render variant ``name`` at resolution x resolution into the existing folder ``out``."""
+    from tqdm import tqdm
+
+    v = variant(name)
+    poses = cameras(v)
+    focal = builtin.focal_length(resolution, v.camera_angle_x)
+    with tqdm(total=len(poses), desc=f"rendering built-in {name} scene {resolution}x{resolution}",
+              unit="view", disable=not progress) as bar:
+        names = _render_all(out, v, poses, resolution, bar)
+    if name == "room":
+        write_colmap_text(out, poses, names, focal, resolution, surface_points(poses, v))
+    else:
+        write_llff(out, poses, focal, resolution, v)
