@@ -105,16 +105,22 @@ def test_unknown_variant():
         bv.variant("garden")
 
 
-# ---- short trainings with a held-out PSNR floor (the real-capture failure modes in CI)
-# measured (see FLOORS): seed 0, TRAIN_STEPS steps at RES px; floors leave ~1.5 dB margin
+# ---- short trainings: the real-capture failure, reproduced without downloads
 TRAIN_RES = 48
 TRAIN_STEPS = 400
-FLOORS = {"room": None, "forward": None}
+# what a field must beat: predicting each held-out view's mean colour everywhere
+MARGIN_OVER_MEAN_DB = 4.0
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "open (real captures): with cameras inside the box, training collapses to an opaque "
+    "shell at the near distance and learns only the mean colour within this budget; "
+    "measured 2026-12-02, seed 0: room 14.43 dB held out (mean colour 14.61), forward "
+    "18.27 dB (mean colour 18.24). Strict: when it passes, raise it to a real floor."))
 @pytest.mark.parametrize("name", bv.VARIANTS)
-def test_variant_trains_to_held_out_floor(name, cache, tmp_path):
+def test_variant_trains_beyond_its_mean_colour(name, cache, tmp_path):
     from conftest import small_config
+    from taichi_nerf.metrics import psnr
     from taichi_nerf.trainer import Trainer, run_training
     path = builtin.ensure_builtin_scene(TRAIN_RES, cache_dir=cache, progress=False, variant=name)
     v = bv.variant(name)
@@ -123,5 +129,5 @@ def test_variant_trains_to_held_out_floor(name, cache, tmp_path):
     t = Trainer(train, small_config(steps=TRAIN_STEPS))
     assert t.c2f_ramp > 0  # photos without alpha: coarse-to-fine is on
     m = run_training(t, tmp_path, val=val, progress=False)
-    print(name, m["psnr"], m["mean_samples_per_ray"], m["occupied_per_cascade"])
-    assert m["psnr"] >= FLOORS[name], m
+    mean_colour = np.mean([psnr(np.full_like(im, im.mean()), im) for im in val.images])
+    assert m["psnr"] >= mean_colour + MARGIN_OVER_MEAN_DB, (m["psnr"], mean_colour)
