@@ -21,6 +21,13 @@ def _arch_arg(p: argparse.ArgumentParser) -> None:
                         "macOS, else CPU; Vulkan only when asked for)")
 
 
+def _aabb_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aabb-scale", type=int, default=None,
+                   help="side of the model box in units of the core cube, a power of two up to "
+                        "128 (default: the dataset's own, or chosen from the extent of the "
+                        "cameras and of COLMAP's sparse points / LLFF's far bounds)")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="taichi-nerf",
@@ -54,10 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=0, help="validate every N steps")
     t.add_argument("--log2-table", type=int, default=None,
                    help="hash table size per level, log2 (default 17)")
-    t.add_argument("--aabb-scale", type=int, default=None,
-                   help="side of the model box in units of the core cube, a power of two up to "
-                        "128 (default: the dataset's own, or chosen from the extent of the "
-                        "cameras and of COLMAP's sparse points / LLFF's far bounds)")
+    _aabb_arg(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--view", action="store_true",
                    help="watch training live in a GGUI window (training continues without "
@@ -88,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--downscale", type=int, default=1)
     v.add_argument("--holdout", type=int, default=8)
     v.add_argument("--seed", type=int, default=0)
+    _aabb_arg(v)
     v.add_argument("--quiet", action="store_true")
     _arch_arg(v)
 

@@ -20,6 +20,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from taichi_nerf.camera_paths import rotation_to_quat
+
 from . import builtin
 from .builtin import PRIMITIVES, Primitive, look_at, pixel_rays, ray_depth, render_view
 
@@ -106,24 +108,6 @@ def fingerprint_data(v: Variant) -> dict:
 
 
 # ------------------------------------------------------------------ writers
-def rotation_to_quat(r: np.ndarray) -> np.ndarray:
-    """Rotation (3, 3) -> unit quaternion (w, x, y, z) (Shepperd's method)."""
-    tr = np.trace(r)
-    if tr > 0:
-        s = 2 * math.sqrt(tr + 1)
-        return np.array([0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s,
-                         (r[1, 0] - r[0, 1]) / s])
-    i = int(np.argmax(np.diag(r)))
-    j, k = (i + 1) % 3, (i + 2) % 3
-    s = 2 * math.sqrt(1 + r[i, i] - r[j, j] - r[k, k])
-    q = np.zeros(4)
-    q[0] = (r[k, j] - r[j, k]) / s
-    q[1 + i] = 0.25 * s
-    q[1 + j] = (r[j, i] + r[i, j]) / s
-    q[1 + k] = (r[k, i] + r[i, k]) / s
-    return q
-
-
 def surface_points(poses: np.ndarray, v: Variant, per_view: int = 12) -> np.ndarray:
     """(P, 3) world points where a per_view x per_view grid of rays of each view hits a surface
     (the sparse points structure from motion would triangulate)."""

@@ -48,14 +48,18 @@ def _data_lines(path: Path):
     return text.splitlines()
 
 
+def _records(path: Path):
+    """(line number, whitespace-split fields) of each data line (no blanks, no # comments)."""
+    for n, line in enumerate(_data_lines(path), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield n, line.split()
+
+
 def read_cameras_text(path: Path) -> Dict[int, ColmapCamera]:
     """Parse ``cameras.txt``: ``CAMERA_ID MODEL WIDTH HEIGHT PARAMS...`` per line."""
     cams = {}
-    for n, line in enumerate(_data_lines(path), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        el = line.split()
+    for n, el in _records(path):
         try:
             cam_id, model, w, h = int(el[0]), el[1], int(el[2]), int(el[3])
             params = np.array([float(v) for v in el[4:]])
@@ -150,11 +154,7 @@ def read_images_binary(path: Path) -> List[ColmapImage]:
 def read_points_text(path: Path) -> np.ndarray:
     """Parse ``points3D.txt`` -> (P, 3) float64 world positions, one per ``POINT3D_ID X Y Z ...`` line."""
     pts = []
-    for n, line in enumerate(_data_lines(path), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        el = line.split()
+    for n, el in _records(path):
         try:
             pts.append([float(el[1]), float(el[2]), float(el[3])])
         except (IndexError, ValueError):
