@@ -252,3 +252,16 @@ def table_with_level_weights(table, spec: HashGridSpec, weights):
         if wl != 1.0:
             out[off:off + size] *= wl
     return out
+
+
+def checkpoint_table(arrays, spec: HashGridSpec):
+    """The (n_params, F) float32 hash table a checkpoint's renderers use: the saved table,
+    its levels scaled by the saved level weights (coarse-to-fine training), shape checked."""
+    import numpy as np
+    table = np.ascontiguousarray(arrays["field/grid.table"], np.float32)
+    if table.shape != (spec.n_params, spec.n_features):
+        raise ValueError(f"hash table shape {table.shape} does not match the config "
+                         f"({spec.n_params}, {spec.n_features})")
+    if "field/level_weights" in arrays:
+        table = table_with_level_weights(table, spec, arrays["field/level_weights"])
+    return table

@@ -13,7 +13,7 @@ import taichi as ti
 from . import composite as composite_k
 from . import mlp as mlp_k
 from .camera import generate_rays
-from .hash_grid import hash_grid_kernels, table_with_level_weights
+from .hash_grid import checkpoint_table, hash_grid_kernels
 from .march import march_kernels
 from .occupancy import checkpoint_bitfield
 from .sh import sh_kernels
@@ -62,12 +62,7 @@ class NerfModel:
         self.scene_offset = np.asarray(config["scene"]["offset"], np.float32)
         self.background = np.asarray(config.get("background") or [0, 0, 0], np.float32)
         self.config = config
-        table = np.ascontiguousarray(arrays["field/grid.table"], np.float32)
-        if "field/level_weights" in arrays:  # coarse-to-fine training masks fine levels
-            table = table_with_level_weights(table, self.grid_spec, arrays["field/level_weights"])
-        if table.shape != (self.grid_spec.n_params, self.grid_spec.n_features):
-            raise ValueError(f"hash table shape {table.shape} does not match the config")
-        self.table = self._upload(table)
+        self.table = self._upload(checkpoint_table(arrays, self.grid_spec))
         self.density_layers = [(self._upload(w), self._upload(b))
                                for w, b in _linear_layers(arrays, "field/density_net.")]
         self.color_layers = [(self._upload(w), self._upload(b))

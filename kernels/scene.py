@@ -38,7 +38,7 @@ import numpy as np
 import taichi as ti
 
 from .composite import accumulate_sample
-from .hash_grid import make_level_funcs, mul_mod_pow2, table_with_level_weights
+from .hash_grid import checkpoint_table, make_level_funcs, mul_mod_pow2
 from .inference import T_THRESHOLD, _linear_layers, read_checkpoint
 from .march import make_march_funcs
 from .mlp import activate
@@ -99,12 +99,7 @@ class NerfScene:
 
         # ---- hash table: one (n_params, n_features) field, the batch kernels' layout
         spec = self.grid_spec
-        table = np.ascontiguousarray(arrays["field/grid.table"], np.float32)
-        if "field/level_weights" in arrays:  # coarse-to-fine training masks fine levels
-            table = table_with_level_weights(table, self.grid_spec, arrays["field/level_weights"])
-        if table.shape != (spec.n_params, spec.n_features):
-            raise ValueError(f"hash table shape {table.shape} does not match the config "
-                             f"({spec.n_params}, {spec.n_features})")
+        table = checkpoint_table(arrays, spec)
         self.table = ti.field(ti.f32, shape=table.shape)
         self.table.from_numpy(table)
         # per level: resolution, first table row, rows, dense flag (for _encode)

@@ -78,6 +78,7 @@ class NGPField(nn.Module):
         # weight of each hash level's features (coarse-to-fine training ramps them 0 -> 1);
         # a buffer, so checkpoints carry it and every renderer encodes alike
         self.register_buffer("level_weights", torch.ones(config.grid.n_levels))
+        self._all_levels = True  # host-side copy of "every weight is 1" (no device sync)
         if generator is not None:
             # torch's default init draws from the global RNG; use ours for reproducibility
             for m in self.modules():
@@ -90,16 +91,24 @@ class NGPField(nn.Module):
     def density(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """pos (M,3) in [0,1] -> sigma (M,), geometry features (M, geo_features)."""
         enc = self.grid(pos)
-        w = self.level_weights.repeat_interleave(self.config.grid.n_features)
-        h = self.density_net(enc * w)                                   # [M, G]
+        if not self._all_levels:
+            enc = enc * self.level_weights.repeat_interleave(self.config.grid.n_features)
+        h = self.density_net(enc)                                       # [M, G]
         return trunc_exp(h[:, 0]), h
+
+    def set_level_weights(self, weights: torch.Tensor) -> None:
+        """Weights (L,) of the hash levels' features, a CPU tensor (coarse-to-fine schedule)."""
+        self.level_weights.copy_(weights)
+        self._all_levels = bool((weights >= 1).all())
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As nn.Module's; checkpoints from before coarse-to-fine training get all levels on."""
         if "level_weights" not in state_dict:
             state_dict = dict(state_dict)
             state_dict["level_weights"] = torch.ones_like(self.level_weights)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._all_levels = bool((state_dict["level_weights"] >= 1).all())
+        return out
 
     def forward(self, pos: torch.Tensor, dirs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """pos (M,3) in [0,1], dirs (M,3) unit -> sigma (M,), rgb (M,3)."""

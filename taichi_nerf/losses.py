@@ -6,6 +6,12 @@ import torch
 TAU_MAX = 50.0
 
 
+def _exclusive_in_ray(x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Sum of x over the earlier samples of the same ray; start (M,) = first row of each sample's ray."""
+    c = torch.cumsum(x, 0) - x
+    return c - c[start]
+
+
 def sample_weights(sigma: torch.Tensor, dt: torch.Tensor, rays: torch.Tensor,
                    ray_index: torch.Tensor) -> torch.Tensor:
     """Volume-rendering weights T_i * (1 - exp(-sigma_i dt_i)) (M,) of packed samples.
@@ -17,9 +23,7 @@ def sample_weights(sigma: torch.Tensor, dt: torch.Tensor, rays: torch.Tensor,
     # past an optical depth of 50 a sample is opaque to double precision; the clamp keeps
     # inf densities (exp of an untrained field) from turning the prefix sums into inf - inf
     tau = (sigma * dt).double().clamp(max=TAU_MAX)
-    excl = torch.cumsum(tau, 0) - tau                       # optical depth before each sample
-    start = rays[:, 0].long()[ray_index.long()]
-    excl = excl - excl[start]                               # ... within its own ray
+    excl = _exclusive_in_ray(tau, rays[:, 0].long()[ray_index.long()])  # depth in front
     return (torch.exp(-excl) * -torch.expm1(-tau)).float()
 
 
@@ -38,11 +42,6 @@ def distortion_loss(sigma: torch.Tensor, t: torch.Tensor, dt: torch.Tensor,
     w = sample_weights(sigma, dt, rays, ray_index).double()
     s = t.double()
     start = rays[:, 0].long()[ray_index.long()]
-
-    def exclusive(x: torch.Tensor) -> torch.Tensor:
-        c = torch.cumsum(x, 0) - x
-        return c - c[start]
-
-    inter = 2.0 * w * (s * exclusive(w) - exclusive(w * s))
+    inter = 2.0 * w * (s * _exclusive_in_ray(w, start) - _exclusive_in_ray(w * s, start))
     intra = w * w * dt.double() / 3.0
     return ((inter + intra).sum() / max(n_rays, 1)).float()

@@ -185,8 +185,8 @@ class Trainer:
         cfg = self.config
         if self.c2f_ramp > 0:
             p = cfg.budget_progress(self.step, self.elapsed)
-            self.field.level_weights.copy_(level_weights(p, cfg.n_levels, cfg.coarse_levels,
-                                                         self.c2f_ramp))
+            self.field.set_level_weights(level_weights(p, cfg.n_levels, cfg.coarse_levels,
+                                                       self.c2f_ramp))
         if self.grid.due(self.step):
             self.grid.update(self.step, self.renderer.density, self.generator)
         o, d, bg, target, jitter = self._batch(self.n_rays)

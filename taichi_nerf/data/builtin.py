@@ -621,17 +621,31 @@ def write_builtin_scene(out_dir: os.PathLike, resolution: int = DEFAULT_RESOLUTI
                         progress: bool = True, variant: str = DEFAULT_VARIANT) -> None:
     """Render the scene into an existing folder: the default as a Blender dataset
     (transforms_*.json + RGBA PNGs), the variants as COLMAP (room) or LLFF (forward)."""
-    import imageio.v3 as iio
-    from tqdm import tqdm
-
     out = Path(out_dir)
     if variant != DEFAULT_VARIANT:
         from .builtin_variants import write_variant
         write_variant(out, variant, resolution, progress)
-        marker = {"scene": f"taichi-nerf builtin {variant}", "version": SCENE_VERSION,
-                  "resolution": resolution, "fingerprint": _fingerprint(resolution, variant)}
-        (out / MARKER_NAME).write_text(json.dumps(marker, indent=2))
-        return
+    else:
+        _write_blender(out, resolution, progress)
+    # Written last: its presence (after the atomic rename) means "complete".
+    marker = {"scene": "taichi-nerf builtin" + ("" if variant == DEFAULT_VARIANT else f" {variant}"),
+              "version": SCENE_VERSION, "resolution": resolution,
+              "fingerprint": _fingerprint(resolution, variant)}
+    if variant == DEFAULT_VARIANT:
+        marker.update({"world_up": [0, 0, 1],
+                       "primitives": [dataclasses.asdict(p) for p in PRIMITIVES]})
+    (out / MARKER_NAME).write_text(json.dumps(marker, indent=2))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] -> uint8, rounded to nearest."""
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _write_blender(out: Path, resolution: int, progress: bool) -> None:
+    import imageio.v3 as iio
+    from tqdm import tqdm
+
     cams = builtin_cameras()
     total = sum(len(v) for v in cams.values())
     with tqdm(total=total, desc=f"rendering built-in scene {resolution}x{resolution}",
@@ -641,18 +655,12 @@ def write_builtin_scene(out_dir: os.PathLike, resolution: int = DEFAULT_RESOLUTI
             frames: List[dict] = []
             for idx, c2w in enumerate(poses):
                 rgba, _ = render_view(c2w, resolution, resolution)
-                img = np.clip(np.rint(rgba * 255.0), 0, 255).astype(np.uint8)
-                iio.imwrite(out / split / f"r_{idx}.png", img)
+                iio.imwrite(out / split / f"r_{idx}.png", to_uint8(rgba))
                 frames.append({"file_path": f"./{split}/r_{idx}",
                                "transform_matrix": c2w.tolist()})
                 bar.update(1)
             meta = {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}
             (out / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2))
-    # Written last: its presence (after the atomic rename) means "complete".
-    marker = {"scene": "taichi-nerf builtin", "version": SCENE_VERSION, "resolution": resolution,
-              "fingerprint": _fingerprint(resolution), "world_up": [0, 0, 1],
-              "primitives": [dataclasses.asdict(p) for p in PRIMITIVES]}
-    (out / MARKER_NAME).write_text(json.dumps(marker, indent=2))
 
 
 def ensure_builtin_scene(resolution: int = DEFAULT_RESOLUTION,

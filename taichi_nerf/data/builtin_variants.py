@@ -122,8 +122,7 @@ def surface_points(poses: np.ndarray, v: Variant, per_view: int = 12) -> np.ndar
 
 def _write_rgb(path: Path, rgba: np.ndarray) -> None:
     import imageio.v3 as iio
-    rgb = rgba[..., :3] * rgba[..., 3:]  # a photo has no alpha: misses are black
-    iio.imwrite(path, np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8))
+    iio.imwrite(path, builtin.to_uint8(rgba[..., :3] * rgba[..., 3:]))  # photos: no alpha
 
 
 def _render_all(out: Path, v: Variant, poses: np.ndarray, resolution: int, bar) -> List[str]:
