@@ -1,4 +1,4 @@
-"""Kernel benchmark (BENCHMARK.md section 1): Taichi ops vs the pure-torch reference.
+"""Kernel benchmark (BENCHMARKS.md section 1): Taichi ops vs the pure-torch reference.
 
     python benchmarks/kernels.py [--quick] [--arch cpu] [--repeats N] [--json out.json] [--markdown]
 

@@ -1,4 +1,4 @@
-"""The `taichi-nerf` command line (DESIGN.md "CLI contract"): train, eval, render, help, bad input.
+"""The `taichi-nerf` command line (the contract in README.md and `--help`): train, eval, render, help, bad input.
 
 Everything runs in-process through ``main(argv)`` (the exit code it returns is
 what the console script exits with), except one subprocess test of the
