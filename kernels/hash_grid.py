@@ -53,18 +53,39 @@ def make_level_funcs(spec: HashGridSpec):
         res = ti.static(resolutions[l])
         # p * res in float32 rounds to 1 ulp of res (1.5e-5 at 256), which moves the
         # trilinear weights by as much: measured up to 1.5e-5 relative error against the
-        # float64 reference. Split p so that p_hi * res is exact (at most 24 significant
-        # bits) and the remainder, < 2^-k * res, adds with an error far below one ulp.
-        split = ti.static(float(2 ** (23 - int(res).bit_length())))
+        # float64 reference. So p * res is summed from pieces that are each exact.
         pc = ti.math.clamp(p, 0.0, 1.0)
-        p_hi = ti.floor(pc * split) / split
-        q_hi = p_hi * res
-        q_lo = (pc - p_hi) * res
-        cell_f = ti.floor(q_hi)
-        frac = (q_hi - cell_f) + q_lo
-        carry = frac >= 1.0        # q_lo crossed into the next cell
-        cell_f += ti.select(carry, 1.0, 0.0)
-        frac -= ti.select(carry, 1.0, 0.0)
+        cell_f = ti.Vector.zero(ti.f32, 3)
+        frac = ti.Vector.zero(ti.f32, 3)
+        if ti.static(res & (res - 1) == 0):
+            q = pc * res                    # a power of two: exact as it is
+            cell_f = ti.floor(q)
+            frac = q - cell_f
+        else:
+            # p_hi (<= 23 - bits(res) significant bits) times res is exact; the rest
+            # r = p - p_hi < 2^-k is exact too
+            k = ti.static(23 - int(res).bit_length())
+            s1 = ti.static(float(2 ** k))
+            p_hi = ti.floor(pc * s1) / s1
+            q_hi = p_hi * res
+            cell_f = ti.floor(q_hi)
+            frac = q_hi - cell_f
+            r = pc - p_hi
+            if ti.static(s1 < res):
+                # r * res may exceed one cell (fine levels, res > 2^11): split r once more
+                # so that r_hi * res is exact and the sum with frac stays exact (quanta
+                # of 2^-2k, below 2^10): then only the last remainder rounds
+                s2 = ti.static(float(2 ** (2 * k)))
+                r_hi = ti.floor(r * s2) / s2
+                g = frac + r_hi * res
+                whole = ti.floor(g)
+                cell_f += whole
+                frac = g - whole
+                r = r - r_hi
+            frac += r * res
+            whole = ti.floor(frac)          # the remainder crossed into later cells
+            cell_f += whole
+            frac -= whole
         top = cell_f > res - 1     # p == 1: the last cell, at its far face
         frac += ti.select(top, cell_f - (res - 1), 0.0)
         cell = ti.cast(ti.min(cell_f, res - 1), ti.i32)

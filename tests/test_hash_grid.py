@@ -14,6 +14,10 @@ SPECS = {
                                finest_resolution=128),
     "all_dense": HashGridSpec(n_levels=2, n_features=1, log2_table=16, base_resolution=2,
                               finest_resolution=8),
+    # the finest levels of a real capture (2048 x aabb_scale): p * res spans more than
+    # one cell of the exact split's first piece (resolutions 2048, 5160, 13003, 32768)
+    "fine": HashGridSpec(n_levels=4, n_features=2, log2_table=12, base_resolution=2048,
+                         finest_resolution=32768),
 }
 
 
@@ -150,11 +154,14 @@ def test_bad_spec_raises():
         HashGridSpec(n_features=3)
 
 
-def test_forward_precision_at_non_power_of_two_resolutions(arch):
+@pytest.mark.parametrize("name", ["mixed", "fine"])
+def test_forward_precision_at_non_power_of_two_resolutions(arch, name):
     """Trilinear weights from an exactly split p * res: float32 p * res alone rounded by one
-    ulp of res and gave up to 1.5e-5 relative error at these resolutions (9% of random
-    3000-point draws failed 1e-5); the split keeps it near float32 rounding (~2e-7)."""
-    spec = SPECS["mixed"]                       # resolutions 4, 9, 21, 48, 111, 256
+    ulp of res and gave up to 1.5e-5 relative error at the mixed resolutions (9% of random
+    3000-point draws failed 1e-5); the split keeps it near float32 rounding (~2e-7). At the
+    fine resolutions a split that assumed one cell's carry gave weights up to 64^3 (the
+    encoding of real captures blew up as the finest levels joined)."""
+    spec = SPECS[name]
     g = torch.Generator().manual_seed(7)
     pos = torch.rand(20000, 3, generator=g)
     # points on and next to cell borders of every level, where floor() decides the cell
