@@ -139,9 +139,14 @@ class MarchSpec:
             raise ValueError(f"max_samples must be >= 1, got {self.max_samples}")
 
     @staticmethod
-    def for_occupancy(occ: OccupancySpec, max_samples: int = 1024, near: float = 0.0) -> "MarchSpec":
-        """instant-ngp's rule: fixed step in the unit box, cone step 1/256 when cascades > 1."""
-        cone = 0.0 if occ.n_cascades == 1 else 1.0 / 256.0
+    def for_occupancy(occ: OccupancySpec, max_samples: int = 1024, near: float = 0.0,
+                      pixel_angle: float = 0.0, footprint_steps: float = 0.0) -> "MarchSpec":
+        """instant-ngp's rule: fixed step in the unit box, cone step 1/256 when cascades > 1;
+        with pixel_angle (radians per pixel of the training images, 1 / focal in pixels) the
+        cone is at least footprint_steps pixel footprints (steps of the image's own scale)."""
+        cone = 0.0
+        if occ.n_cascades > 1:
+            cone = max(1.0 / 256.0, footprint_steps * pixel_angle)
         max_step = 2.0 ** (occ.n_cascades - 1) / occ.resolution * math.sqrt(3.0)
-        return MarchSpec(min_step=math.sqrt(3.0) / 1024.0, cone=cone, max_step=max_step,
-                         max_samples=max_samples, near=near)
+        return MarchSpec(min_step=math.sqrt(3.0) / 1024.0, cone=min(cone, max_step),
+                         max_step=max_step, max_samples=max_samples, near=near)

@@ -207,3 +207,22 @@ def test_fill_writes_exactly_the_counted_rows(arch, gen):
         assert torch.isfinite(pos[s:s + c]).all() and torch.isfinite(dirs[s:s + c]).all()
         lo, hi = OCC.aabb
         assert torch.all(pos[s:s + c] >= lo[0] - 1e-5) and torch.all(pos[s:s + c] <= hi[0] + 1e-5)
+
+
+def test_cone_step_follows_the_pixel_footprint_of_the_training_images():
+    """Downscaled captures step by footprint_steps pixel footprints, full-size ones keep
+    instant-ngp's t / 256; one cascade keeps its fixed step (no cone)."""
+    from taichi_nerf.trainer import TrainConfig, _specs, pixel_angle
+    occ = OccupancySpec(n_cascades=3, resolution=32)
+    coarse = MarchSpec.for_occupancy(occ, pixel_angle=1 / 100, footprint_steps=2.0)
+    assert coarse.cone == pytest.approx(0.02)
+    fine = MarchSpec.for_occupancy(occ, pixel_angle=1 / 1000, footprint_steps=2.0)
+    assert fine.cone == pytest.approx(1 / 256)
+    assert MarchSpec.for_occupancy(OccupancySpec(n_cascades=1), pixel_angle=1 / 10,
+                                   footprint_steps=2.0).cone == 0.0
+    huge = MarchSpec.for_occupancy(occ, pixel_angle=1.0, footprint_steps=2.0)
+    assert huge.cone <= huge.max_step
+    intr = torch.tensor([[180.0, 172.0, 67.5, 120.0], [175.0, 175.0, 67.5, 120.0]]).numpy()
+    assert pixel_angle(intr) == pytest.approx(1 / 172)
+    _, _, march = _specs(TrainConfig(footprint_steps=3.0), 4, 1 / 172)
+    assert march.cone == pytest.approx(3 / 172)
