@@ -45,3 +45,26 @@ def distortion_loss(sigma: torch.Tensor, t: torch.Tensor, dt: torch.Tensor,
     inter = 2.0 * w * (s * _exclusive_in_ray(w, start) - _exclusive_in_ray(w * s, start))
     intra = w * w * dt.double() / 3.0
     return ((inter + intra).sum() / max(n_rays, 1)).float()
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (scale,) = ctx.saved_tensors
+        return g * (scale if g.dim() == 1 else scale[:, None]), None
+
+
+def near_gradient_scale(t: torch.Tensor, distance: float) -> torch.Tensor:
+    """Per-sample gradient factor (M,) min(1, (t / distance)^2) for samples at t (M,) model
+    units along their ray (Philip and Deschaintre, "Floaters No More", 2023)."""
+    return (t / distance).square().clamp(max=1.0)
+
+
+def scale_gradient(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (M,) or (M,C) unchanged forward; its gradient times scale (M,) backward."""
+    return _ScaleGrad.apply(x, scale.detach())

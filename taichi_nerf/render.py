@@ -5,7 +5,7 @@ from typing import Dict, Optional
 
 import torch
 
-from taichi_nerf import ops
+from taichi_nerf import losses, ops
 from taichi_nerf.cameras import generate_rays, pixel_grid
 from taichi_nerf.field import NGPField
 from taichi_nerf.kernels.specs import MarchSpec
@@ -36,11 +36,14 @@ class Renderer:
 
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, bg: torch.Tensor,
                     max_samples: Optional[int] = None,
-                    jitter: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                    jitter: Optional[torch.Tensor] = None,
+                    near_grad_distance: float = 0.0) -> Dict[str, torch.Tensor]:
         """rays (R,3) model space, bg (R,3) -> rgb (R',3), depth (R',) model units, opacity (R',),
         n_samples, n_used (R',) samples before termination, n_rays = R'. With `max_samples`,
         only the first R' rays whose samples fit are rendered (at least one): a batch never
-        balloons when the occupancy grid changes. jitter (R,): start offsets (training)."""
+        balloons when the occupancy grid changes. jitter (R,): start offsets (training).
+        near_grad_distance > 0: gradients of samples nearer than that (model units) shrink
+        as (t / distance)^2 (training)."""
         s = ops.march_rays(rays_o, rays_d, self.grid.bitfield, self.grid.spec, self.march, jitter)
         n_rays = rays_o.shape[0]
         if max_samples is not None and s.n_samples > max_samples:
@@ -52,6 +55,11 @@ class Renderer:
                                   s.ray_index[:m], s.rays[:n_rays])
             bg = bg[:n_rays]
         sigma, rgb = self.field(self.to_unit(s.positions), s.dirs)
+        if near_grad_distance > 0:
+            # a point near the lens covers many pixels of one view and gets their gradients
+            # summed; without the scale, photos grow floaters right in front of the cameras
+            k = losses.near_gradient_scale(s.t, near_grad_distance)
+            sigma, rgb = losses.scale_gradient(sigma, k), losses.scale_gradient(rgb, k)
         out_rgb, depth, opacity, n_used = ops.composite(sigma, rgb, s.t, s.dt, s.rays, bg,
                                                         T_THRESHOLD)
         return {"rgb": out_rgb, "depth": depth, "opacity": opacity,

@@ -63,6 +63,9 @@ class TrainConfig:
     # needs no finer steps than its pixels resolve
     footprint_steps: float = 2.0
     distortion: float = 0.0              # weight of mip-NeRF 360's distortion loss
+    # samples nearer than this (model units) to their camera get gradients scaled by
+    # (t / distance)^2 (0: off)
+    near_grad_distance: float = 0.0
     # coarse-to-fine: the hash levels above the first `coarse_levels` join one after another
     # over this share of the budget (0: all from the start; None: on for photos without
     # alpha, whose every pixel is opaque, off for masked/synthetic data)
@@ -201,7 +204,7 @@ class Trainer:
             self.grid.update(self.step, self.renderer.density, self.generator)
         o, d, bg, target, jitter = self._batch(self.n_rays)
         out = self.renderer.render_rays(o, d, bg, max_samples=2 * cfg.target_samples,
-                                        jitter=jitter)
+                                        jitter=jitter, near_grad_distance=cfg.near_grad_distance)
         target = target[:out["n_rays"]]
         loss = torch.nn.functional.mse_loss(out["rgb"], target)
         mse_t = loss

@@ -79,3 +79,17 @@ def test_distortion_of_no_samples_is_zero_with_a_gradient():
     loss = distortion_loss(sigma, torch.zeros(0), torch.zeros(0), rays, torch.zeros(0, dtype=torch.int32))
     assert float(loss) == 0.0
     loss.backward()
+
+
+def test_near_gradient_scale_shrinks_only_gradients_near_the_camera(gen):
+    from taichi_nerf.losses import near_gradient_scale, scale_gradient
+    t = torch.rand(50, generator=gen, dtype=torch.float64) * 3
+    k = near_gradient_scale(t, 1.5)
+    assert torch.allclose(k, torch.clamp((t / 1.5) ** 2, max=1.0))
+    x = torch.randn(50, generator=gen, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(50, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    gx, gc = torch.randn(50, generator=gen, dtype=torch.float64), torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    y, z = scale_gradient(x, k), scale_gradient(c, k)
+    assert torch.equal(y, x) and torch.equal(z, c)           # forward unchanged
+    torch.autograd.backward([y, z], [gx, gc])
+    assert torch.allclose(x.grad, gx * k) and torch.allclose(c.grad, gc * k[:, None])

@@ -120,3 +120,22 @@ def test_divergence_stops_without_writing_a_checkpoint(scene_dir, tmp_path, cpu_
     with pytest.raises(TrainingDiverged):
         run_training(tr, tmp_path, progress=False, on_step=poison)
     assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_near_gradient_scale_reaches_the_field(scene_dir, cpu_runtime):
+    """render_rays(near_grad_distance=D) scales each sample's field gradients by
+    min(1, (t / D)^2): with D far beyond every sample the gradients shrink by that factor."""
+    train = load_dataset(scene_dir, "train")
+    t = Trainer(train, small_config(steps=1))
+    o, d, bg, target, jitter = t._batch(64)
+    grads = {}
+    for dist in (0.0, 1e3):
+        t.field.zero_grad(set_to_none=True)
+        out = t.renderer.render_rays(o, d, bg, jitter=jitter, near_grad_distance=dist)
+        torch.nn.functional.mse_loss(out["rgb"], target).backward()
+        grads[dist] = t.field.density_net[0].weight.grad.clone()
+        t_max = float(out["samples"].t.max())
+    assert grads[0.0].abs().sum() > 0
+    ratio = grads[1e3].abs().sum() / grads[0.0].abs().sum()
+    # every factor is below (t_max / 1e3)^2 ~ 1e-5; a sum of scaled terms stays that small
+    assert (t_max / 1e3) ** 2 < 1e-4 and 0 < ratio < 1e-4
