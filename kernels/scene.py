@@ -46,14 +46,14 @@ from .occupancy import (cascade_of, cell_coords, cell_index, checkpoint_bitfield
                         occupied_at)
 from .rays import ray_aabb, safe_inv
 from .sh import make_sh_func
-from .specs import HASH_PRIMES, HashGridSpec, MarchSpec, OccupancySpec
+from .specs import (CHECKPOINT_NAME, HASH_PRIMES, HashGridSpec, MarchSpec, OccupancySpec,
+                    checkpoint_path)
 
 __all__ = ["NerfScene", "make_level_funcs", "occupied_at", "accumulate_sample",
            "DEFAULT_DENSITY_THRESHOLD", "CHECKPOINT_NAME"]
 
 _P1_LO, _P1_HI = HASH_PRIMES[1] & 0xFFFF, HASH_PRIMES[1] >> 16
 _P2_LO, _P2_HI = HASH_PRIMES[2] & 0xFFFF, HASH_PRIMES[2] >> 16
-CHECKPOINT_NAME = "checkpoint.npz"  # what `taichi-nerf train --out RUN` writes in RUN
 # sigma (per world unit) that counts as "solid" for occluded() and collisions:
 # optical depth 1 over half a world unit. A briefly trained field has a soft
 # shell (measured on the 500-step test run: 5% of points just inside the
@@ -160,10 +160,7 @@ class NerfScene:
     @classmethod
     def load(cls, path: "os.PathLike[str] | str", **kwargs) -> "NerfScene":
         """Load RUN/checkpoint.npz, or RUN (the folder `train --out` wrote); after runtime.init."""
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, CHECKPOINT_NAME)
-        return cls(*read_checkpoint(path), **kwargs)
+        return cls(*read_checkpoint(checkpoint_path(path)), **kwargs)
 
     def set_threshold(self, sigma_world: float) -> None:
         """Set the density (per world unit) that occluded() treats as solid."""

@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Tuple
+import os
+from typing import Tuple, Union
 
 # instant-ngp's spatial-hash primes (the first is 1: x enters unscrambled).
 HASH_PRIMES = (1, 2654435761, 805459861)
 MAX_LOG2_TABLE = 24
 MAX_RESOLUTION = 1 << 15  # the hash multiply splits coordinates into 16 bits
+CHECKPOINT_NAME = "checkpoint.npz"  # what `taichi-nerf train --out RUN` writes in RUN
+
+
+def checkpoint_path(run: Union[str, "os.PathLike[str]"]) -> str:
+    """A run folder -> the checkpoint file in it; a file path is returned as given."""
+    path = os.fspath(run)
+    return os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path
 
 
 @dataclasses.dataclass(frozen=True)

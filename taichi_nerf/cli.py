@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
+
 BUILTIN = "builtin"
 DEFAULT_TIME = 150.0  # seconds: the built-in scene reaches >= 30 dB in this on 2 CPU cores
 
@@ -270,8 +272,8 @@ def _prepare_training(a: argparse.Namespace):
                        f"got {a.aabb_scale}")
     out = a.out or Path("runs") / (a.data.replace(":", "-") if _is_builtin(a.data)
                                    else Path(a.data).resolve().name)
-    if a.resume and not (out / "checkpoint.npz").exists():
-        raise CLIError(f"{out / 'checkpoint.npz'}: no checkpoint to resume from")
+    if a.resume and not (out / CHECKPOINT_NAME).exists():
+        raise CLIError(f"{out / CHECKPOINT_NAME}: no checkpoint to resume from")
     root = _resolve_data(a.data, a.quiet)
     fmt = detect_format(root)
     train = load_dataset(root, "train", a.downscale, a.holdout)
@@ -307,7 +309,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.view:
         from taichi_nerf.viewer import viewer_for_training
         if resume:
-            trainer.load(out / "checkpoint.npz")
+            trainer.load(out / CHECKPOINT_NAME)
             resume = False
         viewer = viewer_for_training(trainer, headless=False)
         viewer.run()  # trains between frames until the budget is spent or the window closes
@@ -323,10 +325,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _load_run(run: Path):
-    from taichi_nerf.trainer import CHECKPOINT_NAME, load_model
+    from taichi_nerf.trainer import load_model
     if not run.exists():
         raise CLIError(f"{run}: run folder not found (train one with `taichi-nerf train --out {run}`)")
-    ckpt = run / CHECKPOINT_NAME if run.is_dir() else run
+    ckpt = Path(checkpoint_path(run))
     return load_model(ckpt)
 
 
@@ -370,7 +372,6 @@ def cmd_render(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from taichi_nerf.export import check_export_args, run_export
-    from taichi_nerf.trainer import CHECKPOINT_NAME
 
     if not a.run.exists():
         raise CLIError(f"{a.run}: run folder not found (train one with `taichi-nerf train "
@@ -378,7 +379,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     check_export_args(a)  # bad options and unwritable outputs fail before the model loads
     _init(a.arch)
     cfg, renderer, scene = _load_run(a.run)
-    ckpt = a.run / CHECKPOINT_NAME if a.run.is_dir() else a.run
+    ckpt = Path(checkpoint_path(a.run))
     run_export(a, cfg, renderer, scene, ckpt, say=(lambda s: None) if a.quiet else print)
     return 0
 
@@ -398,7 +399,7 @@ def cmd_view(a: argparse.Namespace) -> int:
         viewer = viewer_for_training(trainer, a.headless, a.width, a.height)
         viewer.steps_per_frame = a.steps_per_frame
         viewer.run(frames=a.frames, screenshot=a.screenshot)
-        trainer.save(out / "checkpoint.npz")
+        trainer.save(out / CHECKPOINT_NAME)
         if viewer.history and not a.quiet:
             print(f"trained {trainer.step} steps; training PSNR {viewer.history[0][1]:.2f} -> "
                   f"{viewer.history[-1][1]:.2f} dB; checkpoint in {out}")
@@ -407,8 +408,8 @@ def cmd_view(a: argparse.Namespace) -> int:
     if a.source == BUILTIN or not run.exists():
         raise CLIError(f"{a.source}: no such run folder (view a folder written by "
                        f"`taichi-nerf train --out RUN`, or add --train to train a dataset live)")
-    if run.is_dir() and not (run / "checkpoint.npz").exists():
-        raise CLIError(f"{run}: no checkpoint.npz in this folder (for a dataset folder, add "
+    if run.is_dir() and not (run / CHECKPOINT_NAME).exists():
+        raise CLIError(f"{run}: no {CHECKPOINT_NAME} in this folder (for a dataset folder, add "
                        f"--train)")
     rt = _init(a.arch)
     viewer = viewer_for_run(run, rt.arch, a.headless, a.width, a.height)
@@ -427,8 +428,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     results = {}
     if a.viewer is not None:
         from taichi_nerf.bench.viewer import format_viewer_markdown, run_viewer_benchmark
-        if not (a.viewer / "checkpoint.npz").is_file() and not a.viewer.is_file():
-            raise CLIError(f"{a.viewer}: no checkpoint.npz (train one with `taichi-nerf train "
+        if not Path(checkpoint_path(a.viewer)).is_file():
+            raise CLIError(f"{a.viewer}: no {CHECKPOINT_NAME} (train one with `taichi-nerf train "
                            f"--out {a.viewer}`)")
         rows = run_viewer_benchmark(a.viewer, rt.arch, frames=20 if rt.arch == "cpu" else 6)
         results["viewer"] = rows

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from taichi_nerf.data.scene import SceneTransform, to_model_space
+from taichi_nerf.kernels.specs import checkpoint_path
 from taichi_nerf.render import Renderer
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
@@ -39,7 +40,6 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
 
     from taichi_nerf.camera_paths import is_camera_path_file, resolve_path
     from taichi_nerf.cli import CLIError
-    from taichi_nerf.trainer import CHECKPOINT_NAME
 
     if any(v is not None and v <= 0 for v in (a.width, a.height)) or a.frames <= 0 \
             or a.fps <= 0:
@@ -54,7 +54,7 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
     if not keyword and (a.width or a.height):
         raise CLIError("--width/--height apply to orbit, dataset and camera-path-file paths; a "
                        "dataset folder renders at the dataset's own camera sizes")
-    ckpt = a.run / CHECKPOINT_NAME if Path(a.run).is_dir() else Path(a.run)
+    ckpt = Path(checkpoint_path(a.run))
     path = resolve_path(a.path, cfg, ckpt, a.frames, a.elevation, a.split, a.width, a.height,
                         a.radius)
     sizes = sorted({(int(w), int(h)) for w, h in zip(path.widths, path.heights)})

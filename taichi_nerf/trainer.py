@@ -21,13 +21,12 @@ from taichi_nerf.data.scene import SceneTransform
 from taichi_nerf.field import FieldConfig, NGPField
 from taichi_nerf.kernels.occupancy import checkpoint_bitfield
 from taichi_nerf.losses import distortion_loss
-from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
+from taichi_nerf.kernels.specs import CHECKPOINT_NAME, HashGridSpec, MarchSpec, OccupancySpec  # noqa: F401 (re-exported)
 from taichi_nerf.metrics import psnr as psnr_fn
 from taichi_nerf.metrics import ssim as ssim_fn
 from taichi_nerf.occupancy import OccupancyGrid
 from taichi_nerf.render import Renderer
 
-CHECKPOINT_NAME = "checkpoint.npz"
 C2F_RAMP_PHOTOS = 0.5  # share of the budget over which fine levels join, for photos
 METRICS_NAME = "metrics.json"
 

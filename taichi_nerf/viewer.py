@@ -20,6 +20,7 @@ import numpy as np
 from taichi_nerf import runtime
 from taichi_nerf.cameras import horizontal_basis, orbit_poses
 from taichi_nerf.kernels.occupancy import checkpoint_occupied
+from taichi_nerf.kernels.specs import checkpoint_path
 
 MODES = ("rgb", "depth", "opacity")
 
@@ -458,9 +459,8 @@ def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = 
                    height: Optional[int] = None) -> Viewer:
     """A viewer of a trained run: torch preview on cpu/cuda, torch-free Taichi preview elsewhere."""
     from taichi_nerf.checkpoint import load_checkpoint
-    from taichi_nerf.trainer import CHECKPOINT_NAME
 
-    ckpt = run / CHECKPOINT_NAME if run.is_dir() else run
+    ckpt = Path(checkpoint_path(run))
     if not ckpt.exists():
         raise ViewerError(f"{ckpt}: no checkpoint (train one with `taichi-nerf train --out {run}`)")
     cfg, arrays = load_checkpoint(ckpt, required_arrays=["occupancy/density"],

@@ -182,3 +182,12 @@ def test_state_dict_helpers_keep_dtypes_and_refuse_non_data():
         ck.arrays_to_state_dict("q", arrs)
     with pytest.raises(CheckpointError, match="prefix"):
         ck.state_dict_to_arrays("a/b", {})
+
+
+def test_checkpoint_path_resolves_run_folders_and_keeps_files(tmp_path):
+    from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
+    assert checkpoint_path(tmp_path) == str(tmp_path / CHECKPOINT_NAME)
+    f = tmp_path / "other.npz"
+    assert checkpoint_path(f) == str(f)          # a file (existing or not) is kept
+    f.write_bytes(b"")
+    assert checkpoint_path(str(f)) == str(f)
