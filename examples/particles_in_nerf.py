@@ -30,6 +30,7 @@ import taichi as ti
 
 from taichi_nerf import runtime
 from taichi_nerf.kernels.camera import camera_ray
+from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
 
 GRAVITY = 9.81          # world units / s^2 (NeRF-synthetic scenes are about metre-sized)
 RESTITUTION = 0.2       # fraction of the normal speed kept after a bounce
@@ -236,8 +237,7 @@ def build(run: Path, n_particles: int, width: Optional[int], height: Optional[in
     from taichi_nerf.kernels.inference import read_checkpoint
     from taichi_nerf.kernels.scene import NerfScene
 
-    ckpt = run / "checkpoint.npz" if run.is_dir() else run
-    cfg, arrays = read_checkpoint(str(ckpt))
+    cfg, arrays = read_checkpoint(checkpoint_path(run))
     scene = NerfScene(cfg, arrays) if threshold is None else \
         NerfScene(cfg, arrays, density_threshold=threshold)
     W, H = width or cfg["width"], height or cfg["height"]
@@ -324,8 +324,8 @@ def main(argv: Optional[List[str]] = None) -> ParticlesInNerf:
     a = p.parse_args(argv)
     runtime.init(a.arch)
     run = a.run if a.run is not None else train_builtin(a.out, a.steps)
-    if not (run / "checkpoint.npz" if run.is_dir() else run).exists():
-        raise SystemExit(f"particles_in_nerf: {run}: no checkpoint.npz (train one first)")
+    if not os.path.exists(checkpoint_path(run)):
+        raise SystemExit(f"particles_in_nerf: {run}: no {CHECKPOINT_NAME} (train one first)")
     sim = build(run, a.particles, a.width, a.height, a.substeps, a.seed,
                 threshold=a.threshold)
     run_window(sim, a.frames, a.headless, a.screenshot)
