@@ -17,9 +17,8 @@ from .hash_grid import checkpoint_table, hash_grid_kernels
 from .march import march_kernels
 from .occupancy import checkpoint_bitfield
 from .sh import sh_kernels
-from .specs import HashGridSpec, MarchSpec, OccupancySpec
+from .specs import T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec
 
-T_THRESHOLD = 1e-4
 
 
 def read_checkpoint(path: str) -> Tuple[Dict, Dict[str, np.ndarray]]:

@@ -39,14 +39,14 @@ import taichi as ti
 
 from .composite import accumulate_sample
 from .hash_grid import checkpoint_table, make_level_funcs, mul_mod_pow2
-from .inference import T_THRESHOLD, _linear_layers, read_checkpoint
+from .inference import _linear_layers, read_checkpoint
 from .march import make_march_funcs
 from .mlp import activate
 from .occupancy import (cascade_of, cell_coords, cell_index, checkpoint_bitfield, is_occupied,
                         occupied_at)
 from .rays import ray_aabb, safe_inv
 from .sh import make_sh_func
-from .specs import (CHECKPOINT_NAME, HASH_PRIMES, HashGridSpec, MarchSpec, OccupancySpec,
+from .specs import (CHECKPOINT_NAME, HASH_PRIMES, T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec,
                     checkpoint_path)
 
 __all__ = ["NerfScene", "make_level_funcs", "occupied_at", "accumulate_sample",

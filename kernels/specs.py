@@ -10,6 +10,7 @@ from typing import Tuple, Union
 HASH_PRIMES = (1, 2654435761, 805459861)
 MAX_LOG2_TABLE = 24
 MAX_RESOLUTION = 1 << 15  # the hash multiply splits coordinates into 16 bits
+T_THRESHOLD = 1e-4  # a ray stops once its transmittance drops below this (instant-ngp)
 CHECKPOINT_NAME = "checkpoint.npz"  # what `taichi-nerf train --out RUN` writes in RUN
 
 

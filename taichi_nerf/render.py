@@ -8,10 +8,9 @@ import torch
 from taichi_nerf import losses, ops
 from taichi_nerf.cameras import generate_rays, pixel_grid
 from taichi_nerf.field import NGPField
-from taichi_nerf.kernels.specs import MarchSpec
+from taichi_nerf.kernels.specs import T_THRESHOLD, MarchSpec
 from taichi_nerf.occupancy import OccupancyGrid
 
-T_THRESHOLD = 1e-4  # stop a ray once its transmittance drops below this (instant-ngp)
 
 
 class Renderer:
