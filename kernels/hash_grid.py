@@ -8,6 +8,7 @@ caller stays in bounds). Output: (N, n_levels * n_features), level-major.
 
 import functools
 
+import numpy as np
 import taichi as ti
 
 from .specs import HASH_PRIMES, HashGridSpec
@@ -264,7 +265,6 @@ def table_with_level_weights(table, spec: HashGridSpec, weights):
     The encoding is linear in the table, so this equals scaling each level's features
     (how training masks fine levels early on); renderers that read a checkpoint apply it
     once at load instead of per sample."""
-    import numpy as np
     out = np.array(table, np.float32, copy=True)
     w = np.asarray(weights, np.float32).reshape(-1)
     if w.shape != (spec.n_levels,):
@@ -278,7 +278,6 @@ def table_with_level_weights(table, spec: HashGridSpec, weights):
 def checkpoint_table(arrays, spec: HashGridSpec):
     """The (n_params, F) float32 hash table a checkpoint's renderers use: the saved table,
     its levels scaled by the saved level weights (coarse-to-fine training), shape checked."""
-    import numpy as np
     table = np.ascontiguousarray(arrays["field/grid.table"], np.float32)
     if table.shape != (spec.n_params, spec.n_features):
         raise ValueError(f"hash table shape {table.shape} does not match the config "

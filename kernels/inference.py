@@ -20,7 +20,6 @@ from .sh import sh_kernels
 from .specs import T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec
 
 
-
 def read_checkpoint(path: str) -> Tuple[Dict, Dict[str, np.ndarray]]:
     """(config, arrays) of a taichi-nerf checkpoint, read with numpy only (no torch, no pickle)."""
     from taichi_nerf.checkpoint import load_checkpoint  # numpy-only module

@@ -46,8 +46,8 @@ from .occupancy import (cascade_of, cell_coords, cell_index, checkpoint_bitfield
                         occupied_at)
 from .rays import ray_aabb, safe_inv
 from .sh import make_sh_func
-from .specs import (CHECKPOINT_NAME, HASH_PRIMES, T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec,
-                    checkpoint_path)
+from .specs import (CHECKPOINT_NAME, HASH_PRIMES, T_THRESHOLD, HashGridSpec, MarchSpec,
+                    OccupancySpec, checkpoint_path)
 
 __all__ = ["NerfScene", "make_level_funcs", "occupied_at", "accumulate_sample",
            "DEFAULT_DENSITY_THRESHOLD", "CHECKPOINT_NAME"]

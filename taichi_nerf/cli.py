@@ -408,7 +408,7 @@ def cmd_view(a: argparse.Namespace) -> int:
     if a.source == BUILTIN or not run.exists():
         raise CLIError(f"{a.source}: no such run folder (view a folder written by "
                        f"`taichi-nerf train --out RUN`, or add --train to train a dataset live)")
-    if run.is_dir() and not (run / CHECKPOINT_NAME).exists():
+    if not Path(checkpoint_path(run)).exists():
         raise CLIError(f"{run}: no {CHECKPOINT_NAME} in this folder (for a dataset folder, add "
                        f"--train)")
     rt = _init(a.arch)

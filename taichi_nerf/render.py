@@ -12,7 +12,6 @@ from taichi_nerf.kernels.specs import T_THRESHOLD, MarchSpec
 from taichi_nerf.occupancy import OccupancyGrid
 
 
-
 class Renderer:
     """Renders rays given in model space through a field and its occupancy grid."""
 
