@@ -68,3 +68,28 @@ def near_gradient_scale(t: torch.Tensor, distance: float) -> torch.Tensor:
 def scale_gradient(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x (M,) or (M,C) unchanged forward; its gradient times scale (M,) backward."""
     return _ScaleGrad.apply(x, scale.detach())
+
+
+def sparse_depth_loss(sigma: torch.Tensor, t: torch.Tensor, dt: torch.Tensor, rays: torch.Tensor,
+                      ray_index: torch.Tensor, depth: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Mean over the first D rays of: the weight in front of depth (1 - tolerance), plus half
+    the transmittance left at depth (1 + tolerance) (scalar).
+
+    sigma, t, dt (M,) packed samples (t the interval midpoints, model units); rays (R,2),
+    ray_index (M,) int32; depth (D,) model units, D <= R: the distance to a point that
+    structure from motion triangulated where ray d looks. Both terms are linear in the
+    weights, so an untrained ray gets bounded gradients; the second is halved so that a ray
+    with no sample near its point (empty cells) is still pushed to clear the space in front.
+    """
+    n = depth.shape[0]
+    if n == 0:
+        return sigma.sum() * 0.0
+    m = int(rays[n - 1, 0]) + int(rays[n - 1, 1])  # samples are packed ray by ray
+    w = sample_weights(sigma[:m], dt[:m], rays[:n], ray_index[:m])
+    ri = ray_index[:m].long()
+    d = depth[ri]
+    front = torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(
+        0, ri, w * (t[:m] < d * (1.0 - tolerance)))
+    reach = torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(
+        0, ri, w * (t[:m] <= d * (1.0 + tolerance)))
+    return (front + 0.5 * (1.0 - reach)).mean()

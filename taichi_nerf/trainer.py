@@ -20,7 +20,7 @@ from taichi_nerf.data import Dataset
 from taichi_nerf.data.scene import SceneTransform
 from taichi_nerf.field import FieldConfig, NGPField
 from taichi_nerf.kernels.occupancy import checkpoint_bitfield
-from taichi_nerf.losses import distortion_loss
+from taichi_nerf.losses import distortion_loss, sparse_depth_loss
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, HashGridSpec, MarchSpec, OccupancySpec  # noqa: F401 (re-exported)
 from taichi_nerf.metrics import psnr as psnr_fn
 from taichi_nerf.metrics import ssim as ssim_fn
@@ -70,6 +70,12 @@ class TrainConfig:
     # alpha, whose every pixel is opaque, off for masked/synthetic data)
     coarse_to_fine: Optional[float] = None
     coarse_levels: int = 4
+    # sparse depth (DS-NeRF-style): data with structure-from-motion points (COLMAP) spend this
+    # share of each batch on rays through the keypoints that saw a point, whose weight must
+    # sit within +-tolerance (relative) of the point's distance; 0 turns it off
+    sparse_depth: float = 0.1            # weight of that loss
+    sparse_depth_share: float = 0.25
+    sparse_depth_tolerance: float = 0.05
     eval_every: int = 0                  # validate every N steps (0: only at the end)
 
     def budget_progress(self, step: int, elapsed: float) -> float:
@@ -164,6 +170,11 @@ class Trainer:
         d = self.device
         n, h, w, c = ds.images.shape
         self.pixels = torch.from_numpy(ds.images.reshape(-1, c)).to(d)       # [N*H*W, C]
+        self.depth_obs = None
+        if ds.depth_obs is not None and len(ds.depth_obs) and self.config.sparse_depth > 0:
+            obs = torch.from_numpy(ds.depth_obs.copy())
+            obs[:, 3] *= ds.scene_scale  # world units -> model units
+            self.depth_obs = obs
         self.poses = torch.from_numpy(ds.transform_poses()[:, :3]).contiguous().to(d)
         self.intrinsics = torch.from_numpy(ds.intrinsics).contiguous().to(d)
         self.distortion = torch.from_numpy(ds.distortion).contiguous().to(d)
@@ -171,15 +182,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _batch(self, n_rays: int):
+        """Rays of one step: the first len(depth) look through sparse points (model units)."""
         n, h, w = self.shape
         g = self.generator
         img = torch.randint(0, n, (n_rays,), generator=g)
         x = torch.randint(0, w, (n_rays,), generator=g)
         y = torch.randint(0, h, (n_rays,), generator=g)
-        flat = ((img * h + y) * w + x).to(self.device)
         # a random point in the pixel, not its centre: views between the training ones are
         # seen through other points of the same pixels (instant-ngp)
-        pix = (torch.stack([x, y], -1).float() + torch.rand(n_rays, 2, generator=g)).to(self.device)
+        pix = torch.stack([x, y], -1).float() + torch.rand(n_rays, 2, generator=g)
+        depth = torch.zeros(0)
+        if self.depth_obs is not None:
+            n_d = min(n_rays, max(1, int(round(n_rays * self.config.sparse_depth_share))))
+            obs = self.depth_obs[torch.randint(0, len(self.depth_obs), (n_d,), generator=g)]
+            img[:n_d] = obs[:, 0].long()
+            pix[:n_d] = obs[:, 1:3]
+            x[:n_d] = obs[:, 1].long().clamp(0, w - 1)
+            y[:n_d] = obs[:, 2].long().clamp(0, h - 1)
+            depth = obs[:, 3]
+        flat = ((img * h + y) * w + x).to(self.device)
+        pix = pix.to(self.device)
         o, dirs = generate_rays(pix, img.to(torch.int32).to(self.device), self.intrinsics,
                                 self.distortion, self.poses)
         target = self.pixels[flat]                                               # [R, C]
@@ -190,7 +212,7 @@ class Trainer:
             a = target[:, 3:4]
             target = target[:, :3] * a + bg * (1 - a)
         jitter = torch.rand(n_rays, generator=g).to(self.device)
-        return o, dirs, bg, target, jitter
+        return o, dirs, bg, target, jitter, depth.to(self.device)
 
     def train_step(self) -> Dict[str, float]:
         """One optimisation step; returns loss, psnr, rays and samples of the step."""
@@ -201,7 +223,7 @@ class Trainer:
                                                        self.c2f_ramp))
         if self.grid.due(self.step):
             self.grid.update(self.step, self.renderer.density, self.generator)
-        o, d, bg, target, jitter = self._batch(self.n_rays)
+        o, d, bg, target, jitter, depth = self._batch(self.n_rays)
         out = self.renderer.render_rays(o, d, bg, max_samples=2 * cfg.target_samples,
                                         jitter=jitter, near_grad_distance=cfg.near_grad_distance)
         target = target[:out["n_rays"]]
@@ -211,6 +233,11 @@ class Trainer:
             smp = out["samples"]
             loss = loss + cfg.distortion * distortion_loss(out["sigma"], smp.t, smp.dt, smp.rays,
                                                            smp.ray_index)
+        if len(depth):
+            smp = out["samples"]
+            loss = loss + cfg.sparse_depth * sparse_depth_loss(
+                out["sigma"], smp.t, smp.dt, smp.rays, smp.ray_index, depth[:out["n_rays"]],
+                cfg.sparse_depth_tolerance)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)

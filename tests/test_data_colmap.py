@@ -231,3 +231,89 @@ def test_colmap_bad_points_file_names_the_file(tmp_path):
     (root / "sparse" / "0" / "points3D.txt").write_text("1 2.0 nope 4\n")
     with pytest.raises(DataError, match="points3D.txt"):
         load_dataset(root, "all")
+
+
+def _project(eye, p):
+    """Pixel (x, y) of world point p in the PINHOLE camera of CAMERAS at eye looking at the origin."""
+    q, t = colmap_camera_looking_at_origin(eye)
+    fx, fy, cx, cy = CAMERAS[1][1]
+    pc = _quat_to_rot(q) @ p + t
+    return np.array([fx * pc[0] / pc[2] + cx, fy * pc[1] / pc[2] + cy])
+
+
+def write_observed_model(folder, pts, errors, binary):
+    """A model of the EYES cameras in which every camera observes every point of pts it sees
+    (plus one keypoint without a point); points list track lengths from those observations."""
+    folder.mkdir(parents=True, exist_ok=True)
+    obs = {i: [] for i in range(len(EYES))}
+    track = np.zeros(len(pts), int)
+    for i, eye in enumerate(EYES):
+        for k, p in enumerate(pts):
+            xy = _project(eye, p)
+            if 0 <= xy[0] < W and 0 <= xy[1] < H:
+                obs[i].append((xy[0], xy[1], k + 1))
+                track[k] += 1
+        obs[i].append((0.5, 0.5, -1))
+    cams = write_binary_model if binary else write_text_model
+    cams(folder, CAMERAS, [])  # cameras file; images written below with their keypoints
+    if binary:
+        data = struct.pack("<Q", len(EYES))
+        for i, eye in enumerate(EYES):
+            q, t = colmap_camera_looking_at_origin(eye)
+            data += struct.pack("<i7di", i + 1, *q, *t, 1) + f"img_{i}.png".encode() + b"\0"
+            data += struct.pack("<Q", len(obs[i]))
+            data += b"".join(struct.pack("<ddq", x, y, pid) for x, y, pid in obs[i])
+        (folder / "images.bin").write_bytes(data)
+        data = struct.pack("<Q", len(pts))
+        for k, p in enumerate(pts):
+            data += struct.pack("<Q3d3Bd", k + 1, *p, 10, 20, 30, errors[k])
+            data += struct.pack("<Q", track[k]) + struct.pack("<ii", 1, 0) * track[k]
+        (folder / "points3D.bin").write_bytes(data)
+    else:
+        lines = []
+        for i, eye in enumerate(EYES):
+            q, t = colmap_camera_looking_at_origin(eye)
+            lines.append(f"{i + 1} " + " ".join(map(repr, [*map(float, q), *map(float, t)]))
+                         + f" 1 img_{i}.png")
+            lines.append(" ".join(f"{float(x)!r} {float(y)!r} {pid}" for x, y, pid in obs[i]))
+        (folder / "images.txt").write_text("\n".join(lines) + "\n")
+        lines = [f"{k + 1} " + " ".join(repr(float(v)) for v in p) + f" 10 20 30 {float(errors[k])!r} "
+                 + " ".join("1 0" for _ in range(track[k])) for k, p in enumerate(pts)]
+        (folder / "points3D.txt").write_text("\n".join(lines) + "\n")
+    write_images(folder.parent.parent, [f"img_{i}.png" for i in range(len(EYES))])
+    return track
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_colmap_sparse_depth_observations(tmp_path, binary):
+    """Every trusted point a training image observes becomes one (image, x, y, distance) row
+    whose ray from that camera reaches the point; untrusted points (short track, large
+    reprojection error) and keypoints without a point are left out; held-out images too."""
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(-0.6, 0.6, (40, 3))
+    errors = np.where(np.arange(40) % 5 == 0, 3.0, 0.5)  # every 5th point: error above 2 px
+    track = write_observed_model(tmp_path / "sparse" / "0", pts, errors, binary)
+    dist = np.linalg.norm(pts - pts.mean(0), axis=1)
+    inner = dist <= np.quantile(dist, 0.95)  # the box's share of the points; the rest are outliers
+    trusted = (track >= 3) & (errors <= 2.0) & inner
+    assert trusted.sum() >= 5 and (~trusted).sum() >= 5
+    ds = load_dataset(tmp_path, "train", holdout=2)  # images 1 and 3 (names img_1, img_3)
+    kept = [1, 3]
+    want = sum(1 for i in kept for k in np.flatnonzero(trusted)
+               if 0 <= _project(EYES[i], pts[k])[0] < W and 0 <= _project(EYES[i], pts[k])[1] < H)
+    assert ds.depth_obs.shape == (want, 4)
+    fx, fy, cx, cy = CAMERAS[1][1]
+    for j, x, y, dist in ds.depth_obs.astype(np.float64):
+        c2w = ds.poses[int(j)].astype(np.float64)
+        d = c2w[:3, :3] @ np.array([(x - cx) / fx, -(y - cy) / fy, -1.0])
+        hit = c2w[:3, 3] + dist * d / np.linalg.norm(d)
+        # the cameras' up is world +z already, so the loader's world is the model's world
+        err = np.linalg.norm(pts[trusted] - hit, axis=1).min()
+        assert err < 1e-4
+    # downscale 2: the same rays through pixel coordinates halved
+    half = load_dataset(tmp_path, "train", holdout=2, downscale=2)
+    np.testing.assert_allclose(half.depth_obs, ds.depth_obs * [1, 0.5, 0.5, 1])
+
+
+def test_colmap_without_points_has_no_depth(tmp_path):
+    assert load_dataset(make_colmap(tmp_path), "all").depth_obs is None

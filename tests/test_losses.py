@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from taichi_nerf.losses import distortion_loss, sample_weights
+from taichi_nerf.losses import distortion_loss, sample_weights, sparse_depth_loss
 
 
 def _packed(gen, counts):
@@ -93,3 +93,49 @@ def test_near_gradient_scale_shrinks_only_gradients_near_the_camera(gen):
     assert torch.equal(y, x) and torch.equal(z, c)           # forward unchanged
     torch.autograd.backward([y, z], [gx, gc])
     assert torch.allclose(x.grad, gx * k) and torch.allclose(c.grad, gc * k[:, None])
+
+
+def _brute_sparse_depth(sigma, t, dt, rays, depth, tol):
+    terms = []
+    for r, d in enumerate(depth.double().tolist()):
+        s, c = rays[r].tolist()
+        sg, tt, dd = sigma[s:s + c].double(), t[s:s + c].double(), dt[s:s + c].double()
+        alpha = 1 - torch.exp(-sg * dd)
+        T = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.float64), 1 - alpha[:-1]]), 0)
+        w = T * alpha
+        front = w[tt < d * (1 - tol)].sum()
+        reach = w[tt <= d * (1 + tol)].sum()
+        terms.append(front + 0.5 * (1 - reach))
+    return torch.stack(terms).mean()
+
+
+def test_sparse_depth_matches_brute_force(gen):
+    """Only the first D rays count; value and density gradient equal a float64 per-ray loop."""
+    sigma, t, dt, rays, ray_index = _packed(gen, [9, 0, 30, 4, 25, 12])
+    depth = t[rays[:4, 0].long().clamp(max=len(t) - 1)] + 0.5 * torch.rand(4, generator=gen)
+    sigma.requires_grad_(True)
+    loss = sparse_depth_loss(sigma, t, dt, rays, ray_index, depth, 0.05)
+    ref = _brute_sparse_depth(sigma, t, dt, rays, depth, 0.05)
+    assert abs(float(loss) - float(ref)) <= 1e-5 * float(ref)
+    g, = torch.autograd.grad(loss, sigma)
+    g_ref, = torch.autograd.grad(ref, sigma)
+    assert torch.allclose(g.double(), g_ref.double(), rtol=1e-4, atol=1e-7)
+    assert g[int(rays[4, 0]):].abs().sum() == 0  # rays past the first D get no gradient
+
+
+def test_sparse_depth_rewards_the_surface_at_the_point():
+    """A ray whose weight sits at its point costs ~0, a floater in front of it ~1, an empty
+    ray 0.5; the floater's density is pushed down, the point's up."""
+    t = torch.arange(100, dtype=torch.float32) * 0.02 + 0.01  # 0..2 in steps of 0.02
+    dt = torch.full((100,), 0.02)
+    rays = torch.tensor([[0, 100]], dtype=torch.int32)
+    ri = torch.zeros(100, dtype=torch.int32)
+    depth = torch.tensor([1.5])
+    at_point = torch.where((t - 1.5).abs() < 0.03, 1e3, 0.0)
+    floater = torch.where((t - 0.3).abs() < 0.03, 1e3, 0.0)
+    assert float(sparse_depth_loss(at_point, t, dt, rays, ri, depth, 0.05)) < 1e-6
+    assert abs(float(sparse_depth_loss(floater, t, dt, rays, ri, depth, 0.05)) - 1.0) < 1e-6
+    assert abs(float(sparse_depth_loss(torch.zeros(100), t, dt, rays, ri, depth, 0.05)) - 0.5) < 1e-6
+    sigma = (floater * 1e-3 + torch.where((t - 1.5).abs() < 0.03, 1.0, 0.0)).requires_grad_(True)
+    g, = torch.autograd.grad(sparse_depth_loss(sigma, t, dt, rays, ri, depth, 0.05), sigma)
+    assert g[(t - 0.3).abs() < 0.03].min() > 0 and g[(t - 1.5).abs() < 0.03].max() < 0

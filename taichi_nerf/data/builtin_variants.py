@@ -101,9 +101,13 @@ def cameras(v: Variant) -> np.ndarray:
     return room_cameras(v.n_views) if v.name == "room" else forward_cameras(v.n_views)
 
 
+# bumped when the written model changes (2: images list the keypoints that see each point)
+MODEL_VERSION = 2
+
+
 def fingerprint_data(v: Variant) -> dict:
     """Everything that decides the variant's files (for the cache fingerprint)."""
-    return {"variant": v.name, "table": builtin.primitive_table(v.primitives).round(6).tolist(),
+    return {"variant": v.name, "model_version": MODEL_VERSION, "table": builtin.primitive_table(v.primitives).round(6).tolist(),
             "cameras": cameras(v).round(9).tolist(), "camera_angle_x": v.camera_angle_x}
 
 
@@ -118,6 +122,28 @@ def surface_points(poses: np.ndarray, v: Variant, per_view: int = 12) -> np.ndar
         hit = np.isfinite(t)
         pts.append(o[hit] + t[hit, None] * d[hit])
     return np.concatenate(pts)
+
+
+def observations(poses: np.ndarray, v: Variant, points: np.ndarray,
+                 resolution: int) -> List[np.ndarray]:
+    """Per view (K, 3) rows x, y (pixels, centres at +0.5), point index: the points of
+    (P, 3) that the view sees unoccluded inside its image, as SfM's keypoints would."""
+    f = builtin.focal_length(resolution, v.camera_angle_x)
+    out = []
+    for c2w in poses:
+        rel = (points - c2w[:3, 3]) @ c2w[:3, :3]  # camera axes: x right, y up, -z forward
+        z = -rel[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = f * rel[:, 0] / z + resolution / 2
+            y = -f * rel[:, 1] / z + resolution / 2
+        inside = (z > 1e-6) & (x >= 0) & (x < resolution) & (y >= 0) & (y < resolution)
+        idx = np.flatnonzero(inside)
+        dist = np.linalg.norm(points[idx] - c2w[:3, 3], axis=1)
+        hit = ray_depth(np.broadcast_to(c2w[:3, 3], (len(idx), 3)), points[idx] - c2w[:3, 3],
+                        v.primitives)
+        seen = idx[np.abs(hit - 1.0) * dist < 1e-6 + 1e-5 * dist]  # nothing in front of it
+        out.append(np.column_stack([x[seen], y[seen], seen]))
+    return out
 
 
 def _write_rgb(path: Path, rgba: np.ndarray) -> None:
@@ -138,8 +164,9 @@ def _render_all(out: Path, v: Variant, poses: np.ndarray, resolution: int, bar) 
 
 
 def write_colmap_text(out: Path, poses: np.ndarray, names: Sequence[str], focal: float,
-                      resolution: int, points: np.ndarray) -> None:
-    """COLMAP text model (one PINHOLE camera, images, points) under out/sparse/0."""
+                      resolution: int, points: np.ndarray, obs: List[np.ndarray]) -> None:
+    """COLMAP text model (one PINHOLE camera, images with their keypoints ``obs`` as given by
+    :func:`observations`, points with their tracks) under out/sparse/0."""
     folder = out / "sparse" / "0"
     folder.mkdir(parents=True, exist_ok=True)
     c = resolution / 2
@@ -153,11 +180,15 @@ def write_colmap_text(out: Path, poses: np.ndarray, names: Sequence[str], focal:
         t = -r_w2c @ c2w[:3, 3]
         q = rotation_to_quat(r_w2c)
         lines.append(f"{i} " + " ".join(repr(float(x)) for x in (*q, *t)) + f" 1 {name}")
-        lines.append("")
+        lines.append(" ".join(f"{float(x)!r} {float(y)!r} {int(k) + 1}" for x, y, k in obs[i - 1]))
     (folder / "images.txt").write_text("\n".join(lines) + "\n")
+    tracks: List[List[str]] = [[] for _ in points]
+    for i, rows in enumerate(obs, 1):
+        for j, k in enumerate(rows[:, 2].astype(int)):
+            tracks[k].append(f"{i} {j}")
     lines = ["# POINT3D_ID X Y Z R G B ERROR TRACK[]"]
-    lines += [f"{i} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} 128 128 128 0.5"
-              for i, p in enumerate(points, 1)]
+    lines += [f"{i} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} 128 128 128 0.5 "
+              + " ".join(tr) for i, (p, tr) in enumerate(zip(points, tracks), 1)]
     (folder / "points3D.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -188,6 +219,8 @@ def write_variant(out: Path, name: str, resolution: int, progress: bool = True) 
               unit="view", disable=not progress) as bar:
         names = _render_all(out, v, poses, resolution, bar)
     if name == "room":
-        write_colmap_text(out, poses, names, focal, resolution, surface_points(poses, v))
+        pts = surface_points(poses, v)
+        write_colmap_text(out, poses, names, focal, resolution, pts,
+                          observations(poses, v, pts, resolution))
     else:
         write_llff(out, poses, focal, resolution, v)

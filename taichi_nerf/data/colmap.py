@@ -8,15 +8,15 @@ split of a folder shares one world and one transform.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from .dataset import Dataset
 from .errors import DataError
-from .colmap_model import (camera_intrinsics, qvec_to_rotmat, read_cameras_binary,
-                           read_cameras_text, read_images_binary, read_images_text,
-                           read_points_binary, read_points_text)
+from .colmap_model import (ColmapImage, ColmapPoints, camera_intrinsics, qvec_to_rotmat,
+                           read_cameras_binary, read_cameras_text, read_images_binary,
+                           read_images_text, read_points_binary, read_points_text)
 from .images import load_images
 from .scene import fit_scene, up_alignment
 from .splits import holdout_indices
@@ -45,21 +45,51 @@ def colmap_to_c2w(qvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
 # share of the sparse points the model box must hold: the rest are outliers, mismatches or
 # far background that the outer cascades cover anyway
 POINTS_KEPT = 0.95
+# sparse points trusted as depth observations: seen by at least this many images, with a
+# mean reprojection error of at most this many pixels (full-size images)
+DEPTH_MIN_TRACK = 3
+DEPTH_MAX_ERROR = 2.0
 
 
-def scene_points(folder: Path, ext: str, align: np.ndarray) -> Optional[np.ndarray]:
-    """The sparse points (P, 3) nearest the cameras' centroid (POINTS_KEPT of them), in the
-    aligned world; None when the model has no points3D file."""
+def scene_points(folder: Path, ext: str, align: np.ndarray) -> Optional[ColmapPoints]:
+    """The sparse points nearest their centroid (POINTS_KEPT of them), xyz in the aligned
+    world; None when the model has no points3D file or no finite point."""
     path = folder / f"points3D.{ext}"
     if not path.is_file():
         return None
     pts = read_points_binary(path) if ext == "bin" else read_points_text(path)
-    pts = pts[np.all(np.isfinite(pts), axis=1)]
-    if len(pts) == 0:
+    ok = np.all(np.isfinite(pts.xyz), axis=1)
+    if not ok.any():
         return None
-    pts = pts @ align[:3, :3].T + align[:3, 3]
-    d = np.linalg.norm(pts - pts.mean(0), axis=1)
-    return pts[d <= np.quantile(d, POINTS_KEPT)]
+    xyz = pts.xyz[ok] @ align[:3, :3].T + align[:3, 3]
+    d = np.linalg.norm(xyz - xyz.mean(0), axis=1)
+    keep = d <= np.quantile(d, POINTS_KEPT)
+    return ColmapPoints(pts.ids[ok][keep], xyz[keep], pts.error[ok][keep], pts.track[ok][keep])
+
+
+def depth_observations(chosen: List[ColmapImage], c2w: np.ndarray, points: Optional[ColmapPoints],
+                       downscale: int, sizes: List[Tuple[int, int]]) -> Optional[np.ndarray]:
+    """Sparse depth (K, 4) float32 of the chosen images: image index, pixel x, pixel y (in the
+    downscaled images, centres at +0.5) and distance (world units) from the camera centre to
+    the trusted sparse point that pixel sees; None without points."""
+    if points is None:
+        return None
+    good = (points.track >= DEPTH_MIN_TRACK) & (points.error <= DEPTH_MAX_ERROR)
+    ids = points.ids[good]
+    order = np.argsort(ids)
+    ids, xyz = ids[order], points.xyz[good][order]
+    rows = []
+    for j, im in enumerate(chosen):
+        if len(ids) == 0 or len(im.point_ids) == 0:
+            continue
+        k = np.clip(np.searchsorted(ids, im.point_ids), 0, len(ids) - 1)
+        hit = ids[k] == im.point_ids
+        w, h = sizes[j]
+        xy = im.xys[hit]
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+        dist = np.linalg.norm(xyz[k[hit]][inside] - c2w[j, :3, 3], axis=1)
+        rows.append(np.column_stack([np.full(len(dist), j), xy[inside] / downscale, dist]))
+    return np.concatenate(rows).astype(np.float32) if rows else None
 
 
 def load_colmap(root: Path, split: str = "train", downscale: int = 1, holdout: int = 0) -> Dataset:
@@ -88,7 +118,8 @@ def load_colmap(root: Path, split: str = "train", downscale: int = 1, holdout: i
         c2w.append(colmap_to_c2w(im.qvec, im.tvec))
     align = up_alignment(np.stack(c2w))
     c2w = align @ np.stack(c2w)
-    scene = fit_scene(c2w, extra_points=scene_points(folder, ext, align))
+    points = scene_points(folder, ext, align)
+    scene = fit_scene(c2w, extra_points=None if points is None else points.xyz)
 
     sel = holdout_indices(len(images), split, holdout, img_path)
     chosen = [images[i] for i in sel]
@@ -103,6 +134,7 @@ def load_colmap(root: Path, split: str = "train", downscale: int = 1, holdout: i
     sizes = [(cams[im.camera_id].width, cams[im.camera_id].height) for im in chosen]
     pixels, _ = load_images(paths, downscale, sizes)
     return Dataset(
+        depth_obs=depth_observations(chosen, c2w[sel], points, downscale, sizes),
         images=pixels, intrinsics=np.stack(intr) / downscale, distortion=np.stack(dist),
         poses=c2w[sel], width=pixels.shape[2], height=pixels.shape[1],
         scene_scale=scene.scale, scene_offset=scene.offset, aabb_scale=scene.aabb_scale,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -32,12 +32,27 @@ class ColmapCamera:
 
 @dataclass
 class ColmapImage:
-    """One registered image: world-to-camera rotation quaternion (w, x, y, z), translation, camera id, file name."""
+    """One registered image: world-to-camera rotation quaternion (w, x, y, z), translation,
+    camera id, file name, and its keypoints that see a 3D point: pixel xy (K, 2) float64
+    (COLMAP's convention, pixel centres at +0.5) with their point3D ids (K,) int64."""
 
     qvec: np.ndarray
     tvec: np.ndarray
     camera_id: int
     name: str
+    xys: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    point_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass
+class ColmapPoints:
+    """Sparse points: ids (P,) int64, world xyz (P, 3) float64, mean reprojection error (P,)
+    in pixels, track length (P,) int64 (how many images see each point)."""
+
+    ids: np.ndarray
+    xyz: np.ndarray
+    error: np.ndarray
+    track: np.ndarray
 
 
 def _data_lines(path: Path):
@@ -85,11 +100,24 @@ def read_images_text(path: Path) -> List[ColmapImage]:
         try:
             q = np.array([float(v) for v in el[1:5]])
             t = np.array([float(v) for v in el[5:8]])
-            images.append(ColmapImage(q, t, int(el[8]), el[9]))
+            im = ColmapImage(q, t, int(el[8]), el[9])
         except (IndexError, ValueError):
             raise DataError(path, f"line {i}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'") from None
-        i += 1  # the POINTS2D line follows every header, even when empty
+        # the POINTS2D line follows every header, even when empty
+        if i < len(lines) and lines[i].strip():
+            try:
+                obs = np.array([float(v) for v in lines[i].split()]).reshape(-1, 3)
+            except ValueError:
+                raise DataError(path, f"line {i + 1}: expected POINTS2D triples 'X Y POINT3D_ID'") from None
+            seen = obs[:, 2] >= 0  # -1: a keypoint with no 3D point
+            im.xys, im.point_ids = obs[seen, :2], obs[seen, 2].astype(np.int64)
+        images.append(im)
+        i += 1
     return images
+
+
+# one keypoint of images.bin: f64 x, f64 y, i64 point3D_id (-1 when it has none)
+POINT2D_DTYPE = np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
 
 
 class _Reader:
@@ -146,33 +174,43 @@ def read_images_binary(path: Path) -> List[ColmapImage]:
         vals = r.take("<i7di")
         name = r.cstring()
         (n_points,) = r.take("<Q")
-        r.skip(24 * n_points)  # (f64 x, f64 y, i64 point3D_id) each: not needed here
-        images.append(ColmapImage(np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name))
+        start = r.pos
+        r.skip(24 * n_points)
+        obs = np.frombuffer(r.data, dtype=POINT2D_DTYPE, count=n_points, offset=start)
+        seen = obs["id"] >= 0  # -1: a keypoint with no 3D point
+        images.append(ColmapImage(np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name,
+                                  xys=np.stack([obs["x"][seen], obs["y"][seen]], 1),
+                                  point_ids=obs["id"][seen].astype(np.int64)))
     return images
 
 
-def read_points_text(path: Path) -> np.ndarray:
-    """Parse ``points3D.txt`` -> (P, 3) float64 world positions, one per ``POINT3D_ID X Y Z ...`` line."""
-    pts = []
+def read_points_text(path: Path) -> ColmapPoints:
+    """Parse ``points3D.txt``: one ``POINT3D_ID X Y Z R G B ERROR TRACK[]`` line per point."""
+    rows = []
     for n, el in _records(path):
         try:
-            pts.append([float(el[1]), float(el[2]), float(el[3])])
+            rows.append((int(el[0]), float(el[1]), float(el[2]), float(el[3]), float(el[7]),
+                         (len(el) - 8) // 2))
         except (IndexError, ValueError):
             raise DataError(path, f"line {n}: expected 'POINT3D_ID X Y Z R G B ERROR TRACK...'") from None
-    return np.array(pts, dtype=np.float64).reshape(-1, 3)
+    a = np.array(rows, dtype=np.float64).reshape(-1, 6)
+    return ColmapPoints(a[:, 0].astype(np.int64), a[:, 1:4], a[:, 4], a[:, 5].astype(np.int64))
 
 
-def read_points_binary(path: Path) -> np.ndarray:
-    """Parse ``points3D.bin`` (u64 count; per point u64 id, f64 xyz, u8 rgb, f64 error, track) -> (P, 3)."""
+def read_points_binary(path: Path) -> ColmapPoints:
+    """Parse ``points3D.bin`` (u64 count; per point u64 id, f64 xyz, u8 rgb, f64 error, track)."""
     r = _Reader(path)
     (count,) = r.take("<Q")
-    pts = np.empty((count, 3), dtype=np.float64)
+    ids = np.empty(count, np.int64)
+    xyz = np.empty((count, 3), np.float64)
+    error = np.empty(count, np.float64)
+    track = np.empty(count, np.int64)
     for i in range(count):
         vals = r.take("<Q3d3Bd")
-        pts[i] = vals[1:4]
-        (track,) = r.take("<Q")
-        r.skip(8 * track)  # (i32 image_id, i32 point2D_idx) each: not needed here
-    return pts
+        ids[i], xyz[i], error[i] = vals[0], vals[1:4], vals[7]
+        (track[i],) = r.take("<Q")
+        r.skip(8 * track[i])  # (i32 image_id, i32 point2D_idx) each: the images list them too
+    return ColmapPoints(ids, xyz, error, track)
 
 
 def qvec_to_rotmat(q: np.ndarray) -> np.ndarray:

@@ -21,6 +21,9 @@ class Dataset:
     of side aabb_scale centred at 0.5, with [0, 1]^3 the core region.
     background  float32 (3,) colour to composite RGBA images on for evaluation, or None
     near        near plane in model units
+    depth_obs   float32 (K, 4) or None: sparse depth observations (structure from motion's
+                points), each image index, pixel x, pixel y (pixels of ``images``) and the
+                distance from that camera's centre to the point seen there, in world units
     """
 
     images: np.ndarray
@@ -36,6 +39,7 @@ class Dataset:
     near: float = 0.0
     names: List[str] = field(default_factory=list)
     format: str = ""
+    depth_obs: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         self.images = np.asarray(self.images, dtype=np.float32)
@@ -52,6 +56,12 @@ class Dataset:
                 or self.images.shape[3] not in (3, 4):
             raise ValueError(f"images {self.images.shape} do not match (N, {self.height}, "
                              f"{self.width}, 3|4)")
+        if self.depth_obs is not None:
+            self.depth_obs = np.asarray(self.depth_obs, dtype=np.float32).reshape(-1, 4)
+            idx = self.depth_obs[:, 0]
+            if not (np.all(np.isfinite(self.depth_obs)) and np.all((idx >= 0) & (idx < n))
+                    and np.all(self.depth_obs[:, 3] > 0)):
+                raise ValueError("depth_obs must be finite rows (image index < N, x, y, distance > 0)")
         if len(self.names) not in (0, n):
             raise ValueError(f"{len(self.names)} names for {n} images")
 
