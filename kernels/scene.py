@@ -38,7 +38,7 @@ import numpy as np
 import taichi as ti
 
 from .composite import accumulate_sample
-from .hash_grid import checkpoint_table, make_level_funcs, mul_mod_pow2
+from .hash_grid import checkpoint_table, level_lookup_at, level_params, make_level_funcs
 from .inference import _linear_layers, read_checkpoint
 from .march import make_march_funcs
 from .mlp import activate
@@ -46,14 +46,12 @@ from .occupancy import (cascade_of, cell_coords, cell_index, checkpoint_bitfield
                         occupied_at)
 from .rays import ray_aabb, safe_inv
 from .sh import make_sh_func
-from .specs import (CHECKPOINT_NAME, HASH_PRIMES, T_THRESHOLD, HashGridSpec, MarchSpec,
+from .specs import (CHECKPOINT_NAME, T_THRESHOLD, HashGridSpec, MarchSpec,
                     OccupancySpec, checkpoint_path)
 
 __all__ = ["NerfScene", "make_level_funcs", "occupied_at", "accumulate_sample",
            "DEFAULT_DENSITY_THRESHOLD", "CHECKPOINT_NAME"]
 
-_P1_LO, _P1_HI = HASH_PRIMES[1] & 0xFFFF, HASH_PRIMES[1] >> 16
-_P2_LO, _P2_HI = HASH_PRIMES[2] & 0xFFFF, HASH_PRIMES[2] >> 16
 # sigma (per world unit) that counts as "solid" for occluded() and collisions:
 # optical depth 1 over half a world unit. A briefly trained field has a soft
 # shell (measured on the 500-step test run: 5% of points just inside the
@@ -102,11 +100,12 @@ class NerfScene:
         table = checkpoint_table(arrays, spec)
         self.table = ti.field(ti.f32, shape=table.shape)
         self.table.from_numpy(table)
-        # per level: resolution, first table row, rows, dense flag (for _encode)
-        self._levels = ti.field(ti.i32, shape=(spec.n_levels, 4))
-        self._levels.from_numpy(np.array(
-            [[r, o, n, int(d)] for r, o, n, d in zip(spec.resolutions, spec.level_offsets,
-                                                      spec.level_sizes, spec.dense)], np.int32))
+        # per level, for _encode: the integer and the float arguments of level_lookup_at
+        params = level_params(spec)
+        self._levels = ti.field(ti.i32, shape=(spec.n_levels, 5))
+        self._levels.from_numpy(np.array([lp[:5] for lp in params], np.int32))
+        self._level_scales = ti.field(ti.f32, shape=(spec.n_levels, 2))
+        self._level_scales.from_numpy(np.array([lp[5:] for lp in params], np.float32))
         self._sh = make_sh_func(self.sh_degree)
 
         # ---- MLPs: one field per weight and bias (torch.nn.Linear layout, (out, in))
@@ -217,40 +216,17 @@ class NerfScene:
     def _encode(self, u):
         """Hash-grid features of u in [0,1]^3 (padded vector), with a dynamic loop over levels.
 
-        Same arithmetic, in the same order, as ``hash_grid.make_level_funcs``
-        (whose level index is static): unrolling 16 levels x 8 corners cost
-        ~7.5 s of LLVM time per inlined copy on the CPU; a dynamic loop with the
-        level's resolution, first row, row count and dense flag read from a small
-        table makes each copy cheap. Tests compare it with the torch field.
+        The batch kernels' lookup (``hash_grid.level_lookup_at``), fed with each level's
+        constants read from small fields instead of Python constants: unrolling
+        16 levels x 8 corners cost ~7.5 s of LLVM time per inlined copy on the CPU,
+        and a dynamic loop makes each copy cheap.
         """
         F = ti.static(self.grid_spec.n_features)
         x = ti.Vector.zero(ti.f32, self._width)
-        p = ti.math.clamp(u, 0.0, 1.0)
         for l in range(self.grid_spec.n_levels):
-            res = self._levels[l, 0]
-            first_row = self._levels[l, 1]
-            mask = ti.cast(self._levels[l, 2] - 1, ti.u32)
-            q = p * ti.cast(res, ti.f32)
-            cell = ti.min(ti.cast(ti.floor(q), ti.i32), res - 1)
-            frac = q - ti.cast(cell, ti.f32)
-            side = ti.cast(res + 1, ti.u32)
-            feat = ti.Vector.zero(ti.f32, F)
-            for c in ti.static(range(8)):
-                cx, cy, cz = ti.static(c & 1, (c >> 1) & 1, (c >> 2) & 1)
-                w = ((frac[0] if cx else 1.0 - frac[0]) * (frac[1] if cy else 1.0 - frac[1])
-                     * (frac[2] if cz else 1.0 - frac[2]))
-                gx = ti.cast(cell[0] + cx, ti.u32)
-                gy = ti.cast(cell[1] + cy, ti.u32)
-                gz = ti.cast(cell[2] + cz, ti.u32)
-                idx = ti.u32(0)
-                if self._levels[l, 3]:
-                    idx = gx + gy * side + gz * (side * side)
-                else:
-                    idx = ((gx & mask) ^ mul_mod_pow2(gy, _P1_LO, _P1_HI, mask)
-                           ^ mul_mod_pow2(gz, _P2_LO, _P2_HI, mask))
-                row = first_row + ti.cast(idx, ti.i32)
-                for f in ti.static(range(F)):
-                    feat[f] += w * self.table[row, f]
+            feat = level_lookup_at(self.table, u, F, self._levels[l, 0], self._levels[l, 1],
+                                   self._levels[l, 2], self._levels[l, 3], self._levels[l, 4],
+                                   self._level_scales[l, 0], self._level_scales[l, 1])
             for f in ti.static(range(F)):
                 x[l * F + f] = feat[f]
         return x

@@ -8,12 +8,14 @@ import numpy as np
 import taichi as ti
 import torch
 
-from taichi_nerf import runtime
+from taichi_nerf import reference, runtime
 from taichi_nerf.data import builtin, load_dataset
 from taichi_nerf.kernels.camera import camera_ray
+from taichi_nerf.kernels.hash_grid import hash_grid_kernels
 from taichi_nerf.kernels.scene import NerfScene
-from taichi_nerf.metrics import psnr
 from taichi_nerf.trainer import load_model
+
+from conftest import rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 # the march comparison renders this many pixels a side: lavapipe runs the MLP on the CPU
@@ -26,6 +28,15 @@ def density_at(scene: ti.template(), pts: ti.types.ndarray(dtype=ti.f32, ndim=2)
                sigma: ti.types.ndarray(dtype=ti.f32, ndim=1)):
     for i in range(pts.shape[0]):
         sigma[i] = scene.density(ti.Vector([pts[i, 0], pts[i, 1], pts[i, 2]]))
+
+
+@ti.kernel
+def encode_at(scene: ti.template(), unit: ti.types.ndarray(dtype=ti.f32, ndim=2),
+              out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    for i in range(unit.shape[0]):
+        x = scene._encode(ti.Vector([unit[i, 0], unit[i, 1], unit[i, 2]]))
+        for k in ti.static(range(scene.grid_spec.out_dim)):
+            out[i, k] = x[k]
 
 
 @ti.kernel
@@ -76,6 +87,28 @@ def _points_in_box(scene: NerfScene, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(lo, hi, (n, 3)).astype(np.float32)
 
 
+def test_encoding_matches_the_batch_kernels_and_the_reference(trained, arch):
+    """NerfScene's hash-grid lookup is the batch kernels' @ti.func (dynamic loop over levels):
+    the same float32 result as the torch field's encoder, and the float64 reference within the
+    kernels' own 1e-5, at random points, cell corners and the faces of the box."""
+    run, _ = trained
+    scene = NerfScene.load(run)
+    spec = scene.grid_spec
+    rng = np.random.default_rng(6)
+    corners = rng.integers(0, spec.resolutions[-1] + 1, (500, 3)) / spec.resolutions[-1]
+    unit = np.concatenate([rng.uniform(0.0, 1.0, (4000, 3)), corners,
+                           rng.choice([0.0, 1.0], (100, 3))]).astype(np.float32)
+    out = np.zeros((len(unit), spec.out_dim), np.float32)
+    encode_at(scene, unit, out)
+    table = scene.table.to_numpy()
+    batch = np.zeros_like(out)
+    hash_grid_kernels(spec).forward(unit, table, batch)
+    assert rel_err(torch.from_numpy(out), torch.from_numpy(batch)) < 1e-6
+    ref = reference.hash_encode(torch.from_numpy(unit).double(), torch.from_numpy(table).double(),
+                                spec)
+    assert rel_err(torch.from_numpy(out), ref) < 1e-5
+
+
 def test_density_and_radiance_match_the_torch_field(trained, arch):
     run, _ = trained
     runtime.init("cpu")
@@ -98,10 +131,12 @@ def test_density_and_radiance_match_the_torch_field(trained, arch):
         ref_sigma, ref_rgb = renderer.field(renderer.to_unit(model).contiguous(),
                                             torch.from_numpy(dirs))
     ref_sigma = ref_sigma.double().numpy() * scene_tf.scale  # per world unit
-    # exp() turns float32 rounding of the log density into a relative error
-    assert np.abs(sigma - ref_sigma).max() <= 1e-4 * np.abs(ref_sigma).max() + 1e-6
-    assert np.allclose(sigma, ref_sigma, rtol=1e-3, atol=1e-5)
-    assert np.abs(rgb - ref_rgb.double().numpy()).max() < 1e-4
+    # The encodings agree to float32 rounding (test above); the MLPs sum in another order
+    # than torch's GEMM and exp() turns that rounding of the log density into a relative
+    # error: measured 2e-6 at most on cpu and vulkan, so the kernels' 1e-5 holds end to end.
+    assert np.abs(sigma - ref_sigma).max() <= 1e-5 * np.abs(ref_sigma).max()
+    assert np.allclose(sigma, ref_sigma, rtol=1e-5, atol=1e-6)
+    assert np.abs(rgb - ref_rgb.double().numpy()).max() < 1e-5
 
 
 def test_march_matches_the_torch_renderer(trained, scene_dir, arch):
@@ -124,11 +159,15 @@ def test_march_matches_the_torch_renderer(trained, scene_dir, arch):
     print(f"\n[{arch}] march kernel: first call (compile + {SIZE}x{SIZE} rays) "
           f"{time.perf_counter() - t0:.1f} s")
     rgb = rgb + (1.0 - opacity[..., None]) * bg
-    assert psnr(rgb, ref["rgb"].numpy()) >= 40.0
-    assert np.abs(opacity - ref["opacity"].numpy()).max() < 1e-2
+    # Looser than the encoding's 1e-5: the kernel builds its rays from the world pose, the
+    # renderer from the model-space one, so samples sit an ulp or so apart and a ray sums
+    # the field's response to that over dozens of samples. Measured on cpu and vulkan:
+    # colour and opacity 4e-6, depth 1.3e-5 world units (4e-6 of the box side).
+    assert np.abs(rgb - ref["rgb"].numpy()).max() < 1e-4
+    assert np.abs(opacity - ref["opacity"].numpy()).max() < 1e-4
     box_side = float(scene.box_world[1][0] - scene.box_world[0][0])  # world units
     ref_depth = ref["depth"].numpy() / scene_tf.scale                 # model -> world
-    assert np.abs(depth - ref_depth).max() < 0.01 * box_side
+    assert np.abs(depth - ref_depth).max() < 1e-4 * box_side
     # and the scene really is there: the centre pixel sees the ball
     assert opacity[SIZE // 2, SIZE // 2] > 0.9
 
