@@ -13,18 +13,12 @@ import taichi as ti
 from . import composite as composite_k
 from . import mlp as mlp_k
 from .camera import generate_rays
+from .checkpoint_io import read_checkpoint
 from .hash_grid import checkpoint_table, hash_grid_kernels
 from .march import march_kernels
 from .occupancy import checkpoint_bitfield
 from .sh import sh_kernels
 from .specs import T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec
-
-
-def read_checkpoint(path: str) -> Tuple[Dict, Dict[str, np.ndarray]]:
-    """(config, arrays) of a taichi-nerf checkpoint, read with numpy only (no torch, no pickle)."""
-    from taichi_nerf.checkpoint import load_checkpoint  # numpy-only module
-    return load_checkpoint(path, required_arrays=["field/grid.table", "occupancy/density"],
-                           required_config=["field", "occupancy", "march", "scene"])
 
 
 def _linear_layers(arrays: Dict[str, np.ndarray], prefix: str) -> List[Tuple[np.ndarray, np.ndarray]]:
@@ -79,7 +73,7 @@ class NerfModel:
 
     @classmethod
     def load(cls, path: str) -> "NerfModel":
-        """Load a checkpoint written by `taichi-nerf train` (call runtime/ti init first)."""
+        """Load a checkpoint written by `taichi-nerf train` (after ``kernels.runtime.init``)."""
         return cls(*read_checkpoint(path))
 
     def world_to_model(self, c2w_world: np.ndarray) -> np.ndarray:

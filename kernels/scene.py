@@ -22,6 +22,8 @@ re-exported here: :func:`make_level_funcs` (hash-grid lookup of one level),
 
 Example (see docs/kernels.md for a complete one)::
 
+    from taichi_nerf.kernels import runtime
+
     runtime.init("cpu")
     scene = NerfScene.load("runs/builtin")
 
@@ -39,7 +41,8 @@ import taichi as ti
 
 from .composite import accumulate_sample
 from .hash_grid import checkpoint_table, level_lookup_at, level_params, make_level_funcs
-from .inference import _linear_layers, read_checkpoint
+from .checkpoint_io import read_checkpoint
+from .inference import _linear_layers
 from .march import make_march_funcs
 from .mlp import activate
 from .occupancy import (cascade_of, cell_coords, cell_index, checkpoint_bitfield, is_occupied,
@@ -67,7 +70,7 @@ NORMAL_STEP_FRACTION = 1.0 / 256.0
 class NerfScene:
     """A trained radiance field in Taichi fields, with @ti.func queries in world units.
 
-    Create it after ``taichi_nerf.runtime.init`` (its fields belong to that
+    Create it after ``taichi_nerf.kernels.runtime.init`` (its fields belong to that
     runtime). ``density_threshold`` (sigma per world unit) is the level that
     ``occluded`` calls solid; change it at run time with :meth:`set_threshold`.
     ``normal_step`` (world units) is the central-difference step of ``normal``.

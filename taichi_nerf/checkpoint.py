@@ -9,7 +9,8 @@ fsyncs it and renames it over the target, so an interrupted save leaves the
 previous checkpoint intact.
 
 This module imports numpy only; the torch helpers (:func:`state_dict_to_arrays`,
-:func:`arrays_to_state_dict`) import torch when called.
+:func:`arrays_to_state_dict`) import torch when called. The reader,
+:func:`load_checkpoint`, is ``taichi_nerf.kernels.checkpoint_io``'s, re-exported.
 """
 from __future__ import annotations
 
@@ -17,32 +18,22 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Dict, Iterable, Mapping, Tuple
+from typing import Any, Dict, Mapping
 
 import numpy as np
 
-FORMAT_VERSION = 1
-CONFIG_KEY = "__config__"
+# the reader and the format's constants are the torch-free layer's (one reader for both)
+from taichi_nerf.kernels.checkpoint_io import (CONFIG_KEY, FORMAT_VERSION, CheckpointError,
+                                               json_from_array, load_checkpoint, one_line)
+
+__all__ = ["FORMAT_VERSION", "CONFIG_KEY", "TREE_KEY", "CheckpointError", "save_checkpoint",
+           "load_checkpoint", "state_dict_to_arrays", "arrays_to_state_dict"]
+
 TREE_KEY = "__tree__"  # per-prefix JSON skeleton of a state dict (see state_dict_to_arrays)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be written or read; the message is one line naming the file."""
-
-
-def _one_line(e: BaseException) -> str:
-    msg = " ".join(str(e).split()) or type(e).__name__
-    return f"{type(e).__name__}: {msg}"
 
 
 def _json_bytes(obj: Any) -> np.ndarray:
     return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-
-
-def _json_from(arr: np.ndarray) -> Any:
-    if arr.dtype != np.uint8 or arr.ndim != 1:
-        raise ValueError(f"expected a 1-d uint8 array of JSON text, got {arr.dtype} {arr.shape}")
-    return json.loads(arr.tobytes().decode("utf-8"))
 
 
 def _plain_array(path: str, name: str, a: Any) -> np.ndarray:
@@ -73,7 +64,7 @@ def save_checkpoint(path: "os.PathLike[str] | str", config: Mapping[str, Any],
         cfg_arr = _json_bytes(cfg)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: config is not JSON-serialisable "
-                              f"({_one_line(e)})") from None
+                              f"({one_line(e)})") from None
     if CONFIG_KEY in arrays:
         raise CheckpointError(f"checkpoint {path}: array name {CONFIG_KEY!r} is reserved")
     # Validate everything before touching the disk.
@@ -116,46 +107,6 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def load_checkpoint(path: "os.PathLike[str] | str", required_arrays: Iterable[str] = (),
-                    required_config: Iterable[str] = ()) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """Read a checkpoint -> (config dict incl. format_version, {name: array}); CheckpointError if bad."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path}: is a folder, not a checkpoint file")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"checkpoint {path}: a single .npy array, not an .npz checkpoint")
-        with z:
-            arrays = {k: z[k] for k in z.files}
-    except CheckpointError:
-        raise
-    except Exception as e:  # zip, npy-header and I/O errors: a corrupt or truncated file
-        raise CheckpointError(f"checkpoint {path}: unreadable, truncated or corrupt "
-                              f"({_one_line(e)})") from None
-    if CONFIG_KEY not in arrays:
-        raise CheckpointError(f"checkpoint {path}: missing required key {CONFIG_KEY!r} "
-                              f"(not a taichi-nerf checkpoint?)")
-    try:
-        config = _json_from(arrays.pop(CONFIG_KEY))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path}: bad config JSON ({_one_line(e)})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"checkpoint {path}: config must be a JSON object, "
-                              f"got {type(config).__name__}")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: format_version {version!r} is not supported "
-                              f"(this version reads {FORMAT_VERSION})")
-    missing = [k for k in required_config if k not in config]
-    missing += [k for k in required_arrays if k not in arrays]
-    if missing:
-        raise CheckpointError(f"checkpoint {path}: missing required keys {missing}")
-    return config, arrays
 
 
 # ---------------------------------------------------------------- torch state dicts
@@ -236,7 +187,7 @@ def arrays_to_state_dict(prefix: str, arrays: Mapping[str, np.ndarray], device=N
     if key not in arrays:
         raise CheckpointError(f"no state dict {prefix!r} in the checkpoint (array {key!r} missing)")
     try:
-        tree = _json_from(np.asarray(arrays[key]))
+        tree = json_from_array(np.asarray(arrays[key]))
     except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"state dict {prefix!r}: bad JSON skeleton ({_one_line(e)})") from None
+        raise CheckpointError(f"state dict {prefix!r}: bad JSON skeleton ({one_line(e)})") from None
     return _tree_decode(tree, arrays, device, torch)

@@ -1,26 +1,24 @@
-"""The one place that calls ``ti.init`` and picks the torch device.
+"""The one place that picks the torch device, on the Taichi arch ``kernels.runtime`` starts.
 
 Nothing else in taichi-nerf names a device: kernels take whatever arrays they
 are given, and the torch side asks :func:`device` where to put tensors.
+``ti.init`` itself is called only by the torch-free ``taichi_nerf.kernels.runtime``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import platform
 from typing import Optional
 
-import taichi as ti
 import torch
 
+from taichi_nerf.kernels import runtime as ti_runtime
+from taichi_nerf.kernels.runtime import ARCHS, ArchUnavailableError
+
+__all__ = ["ARCHS", "ArchUnavailableError", "Runtime", "init", "current", "device", "gpu_name",
+           "torch_shares_device"]
+
 log = logging.getLogger("taichi_nerf")
-
-ARCHS = ("auto", "cpu", "cuda", "vulkan", "metal")
-
-
-class ArchUnavailableError(RuntimeError):
-    """The requested Taichi arch cannot run on this machine."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +56,6 @@ def torch_shares_device(arch: str) -> bool:
 
 
 _current: Optional[Runtime] = None
-_generation = 0
-
-
-def _ti_arch(name: str):
-    return {"cpu": ti.cpu, "cuda": ti.cuda, "vulkan": ti.vulkan, "metal": ti.metal}[name]
-
-
-def _running_arch_name() -> str:
-    arch = ti.lang.impl.current_cfg().arch
-    if arch in (ti.x64, ti.arm64):
-        return "cpu"
-    return {ti.cuda: "cuda", ti.vulkan: "vulkan", ti.metal: "metal"}.get(arch, str(arch))
 
 
 def _torch_device_for(arch: str) -> torch.device:
@@ -84,76 +70,30 @@ def _torch_device_for(arch: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _try_init(arch: str, threads: int, debug: bool, seed: int) -> bool:
-    """ti.init on `arch`; True if Taichi really runs there (it silently falls back to CPU)."""
-    ti.init(arch=_ti_arch(arch), default_fp=ti.f32, default_ip=ti.i32,
-            cpu_max_num_threads=threads,
-            debug=debug, random_seed=seed, log_level=ti.WARN, offline_cache=True)
-    return _running_arch_name() == arch
-
-
 def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = False,
          seed: int = 0, verbose: bool = False) -> Runtime:
     """Initialise Taichi on `arch` and pick the matching torch device; returns what was chosen.
 
-    `auto` tries CUDA (with a CUDA torch), then Metal on macOS, then the CPU.
-    Vulkan is never picked by `auto`: without a GPU it runs on a CPU emulation
-    (lavapipe) that is slower than the CPU backend; ask for it by name.
-    Calling again with the same settings is a no-op; another arch re-initialises
-    Taichi (fields and kernels compiled before are then invalid).
+    Taichi is started by the torch-free ``taichi_nerf.kernels.runtime.init`` (see there
+    for `auto`, re-initialisation and errors); here `auto` tries CUDA only with a
+    CUDA build of torch, since the torch side must run on the same device.
     """
-    global _current, _generation
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    threads = int(cpu_threads or os.cpu_count() or 1)
-    if threads < 1:
-        raise ValueError(f"cpu_threads must be >= 1, got {threads}")
-    if (_current is not None and arch in (_current.arch, "auto")
-            and threads == _current.cpu_threads and not debug):
+    global _current
+    cuda_torch = torch.cuda.is_available()
+    order = tuple(a for a in ti_runtime.default_auto_order() if a != "cuda" or cuda_torch)
+    rt = ti_runtime.init(arch, cpu_threads=cpu_threads, debug=debug, seed=seed, auto_order=order)
+    if _current is not None and _current.generation == rt.generation:
         return _current
 
-    torch.set_num_threads(threads)
-    if arch == "auto":
-        candidates = []
-        if torch.cuda.is_available():
-            candidates.append("cuda")
-        if platform.system() == "Darwin":
-            candidates.append("metal")
-        reason = ""
-        chosen = None
-        for cand in candidates:
-            if _try_init(cand, threads, debug, seed):
-                chosen = cand
-                break
-            reason += f"{cand} unavailable; "
-        if chosen is None:
-            if not _try_init("cpu", threads, debug, seed):
-                raise ArchUnavailableError("Taichi could not start even on the CPU")
-            chosen = "cpu"
-            if not candidates:
-                reason += "no CUDA-enabled torch and not macOS; "
-            reason += "using the CPU"
-        else:
-            reason = f"{chosen} is available"
-    else:
-        if not _try_init(arch, threads, debug, seed):
-            got = _running_arch_name()
-            ti.reset()
-            _current = None
-            raise ArchUnavailableError(
-                f"arch {arch!r} is not available on this machine (Taichi fell back to {got}); "
-                + {"cuda": "it needs an NVIDIA GPU and driver",
-                   "vulkan": "install a Vulkan driver (e.g. Debian: mesa-vulkan-drivers libvulkan1)",
-                   "metal": "it needs macOS with a Metal GPU"}.get(arch, "")
-                + "; or use --arch cpu")
-        chosen, reason = arch, "asked for"
-
-    _generation += 1
-    dev = _torch_device_for(chosen)
-    _current = Runtime(arch=chosen, torch_device=dev, cpu_threads=threads,
-                       reason=reason, generation=_generation)
-    msg = (f"taichi-nerf: Taichi arch {chosen} ({reason}), torch device {dev}, "
-           f"{threads} CPU threads")
+    torch.set_num_threads(rt.cpu_threads)
+    reason = rt.reason
+    if arch == "auto" and not cuda_torch and rt.arch == "cpu":
+        reason = "no CUDA-enabled torch; " + reason
+    dev = _torch_device_for(rt.arch)
+    _current = Runtime(arch=rt.arch, torch_device=dev, cpu_threads=rt.cpu_threads,
+                       reason=reason, generation=rt.generation)
+    msg = (f"taichi-nerf: Taichi arch {rt.arch} ({reason}), torch device {dev}, "
+           f"{rt.cpu_threads} CPU threads")
     if verbose:
         print(msg)
     log.info(msg)
@@ -161,10 +101,15 @@ def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = Fa
 
 
 def current() -> Runtime:
-    """The runtime chosen by the last :func:`init`; raises if none was made."""
-    if _current is None:
+    """The runtime of the arch Taichi runs on now; raises if Taichi was not started."""
+    rt = ti_runtime.current()
+    if rt is None:
         raise RuntimeError("taichi_nerf.runtime.init() has not been called; call it "
                            "(or pass --arch to the CLI) before running kernels")
+    if _current is None or _current.generation != rt.generation:
+        # Taichi was (re)started through kernels.runtime.init: a Runtime of an older
+        # ti.init would hand out its invalid fields (ops caches them by generation)
+        return init(rt.arch, cpu_threads=rt.cpu_threads)
     return _current
 
 

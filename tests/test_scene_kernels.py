@@ -1,6 +1,9 @@
 """NerfScene's @ti.funcs called from user kernels, against the torch renderer; the docs run."""
+import json
 import re
 import runpy
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +21,53 @@ from taichi_nerf.trainer import load_model
 from conftest import rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
+# run in a fresh interpreter where `import torch` fails: the kernel layer must not need it
+TORCH_FREE_SCRIPT = """
+import json
+import sys
+
+sys.modules["torch"] = None  # from here on, any `import torch` raises ImportError
+
+import numpy as np
+import taichi as ti
+
+import taichi_nerf.kernels
+from taichi_nerf.kernels import runtime
+from taichi_nerf.kernels.camera import camera_ray
+from taichi_nerf.kernels.checkpoint_io import read_checkpoint
+from taichi_nerf.kernels.scene import NerfScene
+from taichi_nerf.kernels.specs import checkpoint_path
+
+# importing started nothing
+assert runtime.current() is None and ti.lang.impl.get_runtime().prog is None
+runtime.init("cpu")
+run = sys.argv[1]
+scene = NerfScene.load(run)
+config, arrays = read_checkpoint(checkpoint_path(run))
+c2w = np.ascontiguousarray(arrays["cameras/poses"][0], np.float32)
+intr = np.asarray(config["intrinsics"], np.float32)
+cx, cy = int(intr[2]), int(intr[3])
+
+
+@ti.kernel
+def pixels(c2w: ti.types.ndarray(dtype=ti.f32, ndim=2),
+           intr: ti.types.ndarray(dtype=ti.f32, ndim=1),
+           rgba: ti.types.ndarray(dtype=ti.f32, ndim=3)):
+    rot = ti.Matrix([[c2w[r, 0], c2w[r, 1], c2w[r, 2]] for r in ti.static(range(3))])
+    eye = ti.Vector([c2w[0, 3], c2w[1, 3], c2w[2, 3]])
+    k = ti.Vector([intr[0], intr[1], intr[2], intr[3]])
+    for v, u in ti.ndrange(rgba.shape[0], rgba.shape[1]):
+        o, d = camera_ray(cx - 2 + u + 0.5, cy - 2 + v + 0.5, k, ti.Vector([0.0, 0.0, 0.0, 0.0]),
+                          rot, eye)
+        c, _, a = scene.march(o, d)
+        rgba[v, u, 0], rgba[v, u, 1], rgba[v, u, 2], rgba[v, u, 3] = c[0], c[1], c[2], a
+
+
+rgba = np.zeros((4, 4, 4), np.float32)
+pixels(c2w, intr, rgba)
+assert sys.modules["torch"] is None
+print(json.dumps(rgba.tolist()))
+"""
 # the march comparison renders this many pixels a side: lavapipe runs the MLP on the CPU
 SIZE = 32
 
@@ -209,6 +259,22 @@ def test_normals_point_out_of_the_ball_and_rays_stop_at_its_surface(trained, arc
     occ_out = np.zeros(len(empty), np.int32)
     normal_and_occlusion(scene, empty, np.zeros_like(empty), occ_out)
     assert occ_out.mean() < 0.02
+
+
+def test_kernels_render_a_checkpoint_without_torch(trained, tmp_path):
+    """taichi_nerf.kernels imports, starts Taichi, reads a checkpoint and renders with NerfScene
+    in a process where torch cannot be imported."""
+    run, _ = trained
+    script = tmp_path / "torch_free.py"  # a file: Taichi reads kernel source
+    script.write_text(TORCH_FREE_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rgba = np.array(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert rgba.shape == (4, 4, 4) and np.isfinite(rgba).all()
+    assert (rgba >= 0).all() and (rgba <= 1.0 + 1e-6).all()
+    # the centre pixels see the ball, as in test_march_matches_the_torch_renderer
+    assert rgba[..., 3].min() > 0.9
 
 
 def _doc_code() -> str:

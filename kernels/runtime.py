@@ -1,0 +1,125 @@
+"""The one place that calls ``ti.init``: pick a Taichi arch, torch-free.
+
+Users of the kernels alone call :func:`init`; ``taichi_nerf.runtime.init``
+builds on it and adds the matching torch device. Nothing runs at import:
+Taichi starts only when :func:`init` is called.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from typing import Optional, Sequence
+
+import taichi as ti
+
+ARCHS = ("auto", "cpu", "cuda", "vulkan", "metal")
+
+
+class ArchUnavailableError(RuntimeError):
+    """The requested Taichi arch cannot run on this machine."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaichiRuntime:
+    """What :func:`init` chose: Taichi arch name, CPU threads, why, and which ti.init it was.
+
+    ``generation`` grows with every ``ti.init``; fields and kernels made under an
+    older generation are invalid.
+    """
+
+    arch: str
+    cpu_threads: int
+    reason: str
+    generation: int
+
+
+_current: Optional[TaichiRuntime] = None
+_generation = 0
+
+
+def _ti_arch(name: str):
+    return {"cpu": ti.cpu, "cuda": ti.cuda, "vulkan": ti.vulkan, "metal": ti.metal}[name]
+
+
+def _running_arch_name() -> str:
+    arch = ti.lang.impl.current_cfg().arch
+    if arch in (ti.x64, ti.arm64):
+        return "cpu"
+    return {ti.cuda: "cuda", ti.vulkan: "vulkan", ti.metal: "metal"}.get(arch, str(arch))
+
+
+def _try_init(arch: str, threads: int, debug: bool, seed: int) -> bool:
+    """ti.init on `arch`; True if Taichi really runs there (it silently falls back to CPU)."""
+    ti.init(arch=_ti_arch(arch), default_fp=ti.f32, default_ip=ti.i32,
+            cpu_max_num_threads=threads,
+            debug=debug, random_seed=seed, log_level=ti.WARN, offline_cache=True)
+    return _running_arch_name() == arch
+
+
+def default_auto_order() -> Sequence[str]:
+    """The archs `auto` tries before the CPU without torch: CUDA, then Metal on macOS."""
+    return ("cuda",) + (("metal",) if platform.system() == "Darwin" else ())
+
+
+def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = False,
+         seed: int = 0, auto_order: Optional[Sequence[str]] = None) -> TaichiRuntime:
+    """Start Taichi on `arch` ("auto", "cpu", "cuda", "vulkan", "metal"); returns what was chosen.
+
+    `auto` tries the archs of `auto_order` (default :func:`default_auto_order`; Taichi
+    logs a warning for each one it cannot start), then the CPU. Vulkan is never picked
+    by `auto`: without a GPU it runs on a CPU emulation (lavapipe) that is slower than
+    the CPU backend; ask for it by name. Calling again with the same settings is a
+    no-op; another arch re-initialises Taichi (fields and kernels made before are then
+    invalid). ArchUnavailableError if a named arch cannot run here.
+    """
+    global _current, _generation
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    threads = int(cpu_threads or os.cpu_count() or 1)
+    if threads < 1:
+        raise ValueError(f"cpu_threads must be >= 1, got {threads}")
+    if (_current is not None and arch in (_current.arch, "auto")
+            and threads == _current.cpu_threads and not debug):
+        return _current
+
+    if arch == "auto":
+        candidates = list(default_auto_order() if auto_order is None else auto_order)
+        reason = ""
+        chosen = None
+        for cand in candidates:
+            if _try_init(cand, threads, debug, seed):
+                chosen = cand
+                break
+            reason += f"{cand} unavailable; "
+        if chosen is None:
+            if not _try_init("cpu", threads, debug, seed):
+                _current = None
+                raise ArchUnavailableError("Taichi could not start even on the CPU")
+            chosen = "cpu"
+            reason += "using the CPU"
+        else:
+            reason = f"{chosen} is available"
+    else:
+        if not _try_init(arch, threads, debug, seed):
+            got = _running_arch_name()
+            ti.reset()
+            _current = None
+            raise ArchUnavailableError(
+                f"arch {arch!r} is not available on this machine (Taichi fell back to {got}); "
+                + {"cuda": "it needs an NVIDIA GPU and driver",
+                   "vulkan": "install a Vulkan driver "
+                             "(e.g. Debian: mesa-vulkan-drivers libvulkan1)",
+                   "metal": "it needs macOS with a Metal GPU"}.get(arch, "")
+                + "; or use --arch cpu")
+        chosen, reason = arch, "asked for"
+
+    _generation += 1
+    _current = TaichiRuntime(arch=chosen, cpu_threads=threads, reason=reason,
+                             generation=_generation)
+    return _current
+
+
+def current() -> Optional[TaichiRuntime]:
+    """The runtime chosen by the last :func:`init`, or None if Taichi was not started here."""
+    return _current
