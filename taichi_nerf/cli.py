@@ -461,6 +461,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from taichi_nerf.checkpoint import CheckpointError
     from taichi_nerf.data import DataError
+    from taichi_nerf.export import ExportError
+    from taichi_nerf.render_cli import RenderError
     from taichi_nerf.runtime import ArchUnavailableError
     from taichi_nerf.trainer import TrainingDiverged
     from taichi_nerf.viewer import ViewerError
@@ -469,7 +471,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "bench": cmd_bench, "export": cmd_export}
     try:
         return handlers[args.command](args)
-    except (CLIError, DataError, CheckpointError, ArchUnavailableError, ViewerError) as e:
+    # the library's own errors carry one-line messages meant for the user
+    except (CLIError, DataError, CheckpointError, ArchUnavailableError, ViewerError, ExportError,
+            RenderError) as e:
         print(f"taichi-nerf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

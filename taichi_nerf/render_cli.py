@@ -15,6 +15,10 @@ from taichi_nerf.render import Renderer
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
+class RenderError(ValueError):
+    """A render cannot be made as asked (bad options, unwritable output); one line."""
+
+
 def to_image(mode: str, out: Dict[str, torch.Tensor]) -> np.ndarray:
     """Rendered view -> uint8 image (H,W,3) for rgb, (H,W) for depth (near=bright) and opacity."""
     if mode == "rgb":
@@ -39,28 +43,27 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
     from tqdm import tqdm
 
     from taichi_nerf.camera_paths import is_camera_path_file, resolve_path
-    from taichi_nerf.cli import CLIError
 
     if any(v is not None and v <= 0 for v in (a.width, a.height)) or a.frames <= 0 \
             or a.fps <= 0:
-        raise CLIError("--width, --height, --frames and --fps must be > 0")
+        raise RenderError("--width, --height, --frames and --fps must be > 0")
     if a.radius is not None and not (np.isfinite(a.radius) and a.radius > 0):
-        raise CLIError(f"--radius must be a positive number of world units, got {a.radius}")
+        raise RenderError(f"--radius must be a positive number of world units, got {a.radius}")
     if not -90.0 < a.elevation < 90.0:
-        raise CLIError(f"--elevation must lie strictly between -90 and 90 degrees, got "
-                       f"{a.elevation}")
+        raise RenderError(f"--elevation must lie strictly between -90 and 90 degrees, got "
+                          f"{a.elevation}")
     check_video_destination(a.out)  # fail before rendering, not after
     keyword = a.path in ("orbit", "dataset") or is_camera_path_file(a.path)
     if not keyword and (a.width or a.height):
-        raise CLIError("--width/--height apply to orbit, dataset and camera-path-file paths; a "
-                       "dataset folder renders at the dataset's own camera sizes")
+        raise RenderError("--width/--height apply to orbit, dataset and camera-path-file paths; a "
+                          "dataset folder renders at the dataset's own camera sizes")
     ckpt = Path(checkpoint_path(a.run))
     path = resolve_path(a.path, cfg, ckpt, a.frames, a.elevation, a.split, a.width, a.height,
                         a.radius)
     sizes = sorted({(int(w), int(h)) for w, h in zip(path.widths, path.heights)})
     if a.out.suffix.lower() in VIDEO_SUFFIXES and len(sizes) > 1:
-        raise CLIError(f"{a.path}: frames have different sizes {sizes[:3]}; a video needs one "
-                       f"size (give --width and --height, or write a folder of PNGs)")
+        raise RenderError(f"{a.path}: frames have different sizes {sizes[:3]}; a video needs one "
+                          f"size (give --width and --height, or write a folder of PNGs)")
     model = to_model_space(path.poses, scene.scale, scene.offset)
     bg = cfg.get("background") or [0.0, 0.0, 0.0]
     device = renderer.grid.density.device
@@ -79,22 +82,18 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
 
 
 def check_video_destination(out: Path) -> None:
-    """CLIError unless a .gif/.mp4 `out` can be created (imageio would fail late and noisily)."""
-    from taichi_nerf.cli import CLIError
-
+    """RenderError unless a .gif/.mp4 `out` can be created (imageio would fail late and noisily)."""
     if out.suffix.lower() not in VIDEO_SUFFIXES:
         return
     if not out.parent.is_dir():
-        raise CLIError(f"{out}: cannot write video, {out.parent} is not an existing folder")
+        raise RenderError(f"{out}: cannot write video, {out.parent} is not an existing folder")
     if out.is_dir():
-        raise CLIError(f"{out}: cannot write video, a folder has this name")
+        raise RenderError(f"{out}: cannot write video, a folder has this name")
 
 
 def write_frames(out: Path, frames, fps: int) -> None:
     """PNG files in a folder, or one .gif/.mp4 file (by suffix)."""
     import imageio.v3 as iio
-
-    from taichi_nerf.cli import CLIError
 
     if out.suffix.lower() in VIDEO_SUFFIXES:
         check_video_destination(out)
@@ -104,12 +103,13 @@ def write_frames(out: Path, frames, fps: int) -> None:
             else:
                 iio.imwrite(out, np.stack(frames), fps=fps, codec="libx264")
         except (ImportError, ValueError, OSError) as e:
-            raise CLIError(f"{out}: cannot write video ({str(e).splitlines()[0]}); for .mp4 "
-                           f"install imageio-ffmpeg, or write .gif or a folder of PNGs") from None
+            raise RenderError(f"{out}: cannot write video ({str(e).splitlines()[0]}); for .mp4 "
+                              f"install imageio-ffmpeg, or write .gif or a folder of PNGs") \
+                from None
         return
     try:
         out.mkdir(parents=True, exist_ok=True)
         for i, f in enumerate(frames):
             iio.imwrite(out / f"frame_{i:04d}.png", f)
     except OSError as e:
-        raise CLIError(f"{out}: cannot write frames ({e.strerror or e})") from None
+        raise RenderError(f"{out}: cannot write frames ({e.strerror or e})") from None
