@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import sys
 from pathlib import Path
@@ -63,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=0, help="validate every N steps")
     t.add_argument("--log2-table", type=int, default=None,
                    help="hash table size per level, log2 (default 17)")
+    t.add_argument("--sparse-depth", type=float, default=None, metavar="WEIGHT",
+                   help="weight of the depth loss on rays through COLMAP's sparse points "
+                        "(default %(default)s = the trainer's, 0 turns it off; data without "
+                        "points is unaffected)")
     _aabb_arg(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--view", action="store_true",
@@ -264,6 +269,9 @@ def _prepare_training(a: argparse.Namespace):
 
     _positive("steps", a.steps)
     _positive("time", a.time)
+    if getattr(a, "sparse_depth", None) is not None and not (a.sparse_depth >= 0
+                                                             and math.isfinite(a.sparse_depth)):
+        raise CLIError(f"--sparse-depth must be a finite weight >= 0, got {a.sparse_depth}")
     if a.log2_table is not None and not 4 <= a.log2_table <= MAX_LOG2_TABLE:
         raise CLIError(f"--log2-table must be in [4, {MAX_LOG2_TABLE}], got {a.log2_table}")
     if a.aabb_scale is not None and not (1 <= a.aabb_scale <= MAX_AABB_SCALE
@@ -294,10 +302,15 @@ def _prepare_training(a: argparse.Namespace):
                       seed=a.seed, eval_every=a.eval_every)
     if a.log2_table is not None:
         cfg.log2_table = a.log2_table
+    if getattr(a, "sparse_depth", None) is not None:
+        cfg.sparse_depth = a.sparse_depth
     trainer = Trainer(train, cfg)
     if not a.quiet:
         print(f"training on {root} ({fmt}, {len(train)} images {train.width}x{train.height}, "
               f"{len(val)} validation views) -> {out}")
+        if trainer.depth_obs is not None:
+            print(f"sparse depth: {len(trainer.depth_obs)} keypoints with a triangulated point "
+                  f"(weight {cfg.sparse_depth:g})")
     return trainer, val, out
 
 

@@ -200,6 +200,13 @@ def test_train_bad_table_size(data, tmp_path, capsys):
     assert_one_line_error(rc, err, "train", "--log2-table", "got 2")
 
 
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_train_bad_sparse_depth(data, tmp_path, capsys, value):
+    rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
+                     "--sparse-depth", value, *FAST)
+    assert_one_line_error(rc, err, "train", "--sparse-depth", f"got {value}")
+
+
 @pytest.mark.parametrize("value", ["3", "0", "256"])
 def test_train_bad_aabb_scale(data, tmp_path, capsys, value):
     rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
