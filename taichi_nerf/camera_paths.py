@@ -35,6 +35,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from taichi_nerf.atomic import atomic_write_json
 from taichi_nerf.data.errors import DataError
 
 PATH_VERSION = 1
@@ -320,14 +321,7 @@ def to_json(path: CameraPath) -> Dict[str, Any]:
 
 def save_camera_path(file: Union[str, os.PathLike], path: CameraPath) -> None:
     """Write `path` as camera-path JSON (temporary file + rename); OSError if unwritable."""
-    file = Path(file)
-    tmp = file.with_name(file.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(to_json(path), indent=1) + "\n")
-        os.replace(tmp, file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_json(file, to_json(path), indent=1)
 
 
 def _number(file, where: str, key: str, value: Any, integer: bool = False) -> float:

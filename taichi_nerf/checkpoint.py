@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, Dict, Mapping
 
 import numpy as np
 
+from taichi_nerf.atomic import atomic_file
 # the reader and the format's constants are the torch-free layer's (one reader for both)
 from taichi_nerf.kernels.checkpoint_io import (CONFIG_KEY, FORMAT_VERSION, CheckpointError,
                                                json_from_array, load_checkpoint, one_line)
@@ -73,40 +73,13 @@ def save_checkpoint(path: "os.PathLike[str] | str", config: Mapping[str, Any],
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CheckpointError(f"checkpoint {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # np.savez's own writer, minus its keyword arguments (an array named
-            # "file" or "allow_pickle" would clash with them) and with pickle off.
-            with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED,
-                                 allowZip64=True) as zf:
-                for name, arr in items:
-                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make the rename durable; best effort (not every OS or filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_file(path, "wb") as f:
+        # np.savez's own writer, minus its keyword arguments (an array named
+        # "file" or "allow_pickle" would clash with them) and with pickle off.
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, arr in items:
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, arr, allow_pickle=False)
 
 
 # ---------------------------------------------------------------- torch state dicts

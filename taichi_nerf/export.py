@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from taichi_nerf.atomic import atomic_file, atomic_write_json
 from taichi_nerf.camera_paths import CameraPath
 from taichi_nerf.data.scene import SceneTransform, to_model_space
 from taichi_nerf.reference import cascade_of, cell_index
@@ -342,17 +343,6 @@ def connected_components(n_vertices: int, faces: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- writers / readers
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_ply(path: Union[str, os.PathLike], mesh: Mesh, binary: bool = True) -> None:
     """PLY (binary little-endian or ascii): float x y z, uchar red green blue, int vertex_indices."""
     path = Path(path)
@@ -391,7 +381,8 @@ def write_ply(path: Union[str, os.PathLike], mesh: Mesh, binary: bool = True) ->
                 lines = (f"{a:.7g} {b:.7g} {z:.7g}\n" for a, b, z in v.tolist())
             fh.write("".join(lines).encode("ascii"))
             fh.write("".join(f"3 {a} {b} {c}\n" for a, b, c in f.tolist()).encode("ascii"))
-    _atomic_write(path, write, "wb")
+    with atomic_file(path, "wb") as fh:
+        write(fh)
 
 
 def write_obj(path: Union[str, os.PathLike], mesh: Mesh) -> None:
@@ -408,7 +399,8 @@ def write_obj(path: Union[str, os.PathLike], mesh: Mesh) -> None:
         else:
             fh.write("".join(f"v {a:.7g} {b:.7g} {z:.7g}\n" for a, b, z in v.tolist()))
         fh.write("".join(f"f {a} {b} {c}\n" for a, b, c in (mesh.faces + 1).tolist()))
-    _atomic_write(path, write, "w")
+    with atomic_file(path, "w") as fh:
+        write(fh)
 
 
 def write_mesh(path: Union[str, os.PathLike], mesh: Mesh, binary: bool = True) -> None:
@@ -542,7 +534,8 @@ def write_depth(out_dir: Union[str, os.PathLike], depths: List[np.ndarray], path
         raise ExportError(f"unknown depth format {fmt!r} (png16 or npy)")
     meta["frames"] = names
     save_camera_path(out / "cameras.json", path)
-    (out / "depth_scale.json").write_text(json.dumps(meta, indent=1) + "\n")
+    # written last and atomically: a complete depth_scale.json means every frame it names is there
+    atomic_write_json(out / "depth_scale.json", meta, indent=1)
     return meta
 
 
