@@ -53,6 +53,33 @@ def occupied_at(bitfield: ti.template(), p, n_cascades: ti.template(), res: ti.t
     return occ
 
 
+def axis_cascade(x, n_cascades: int) -> np.ndarray:
+    """numpy twin of :func:`cascade_of`, per coordinate: x (...) -> int64 (...) cascade whose
+    extent holds x along its axis; a point's cascade is the largest of its three."""
+    m = np.abs(np.asarray(x, np.float32) - np.float32(0.5)) * np.float32(2.0)
+    # float32 throughout, in cascade_of's order of operations, so both round alike
+    c = np.ceil(np.log(np.maximum(m, np.float32(1.0))) / np.log(np.float32(2.0))
+                - np.float32(1e-6))
+    return np.clip(c, 0, n_cascades - 1).astype(np.int64)
+
+
+def axis_cell(x, c, res: int) -> np.ndarray:
+    """numpy twin of :func:`cell_coords`, per coordinate: x (...) in cascades c (broadcast with
+    x) -> int64 cell along that axis, clamped to [0, res)."""
+    scale = np.float32(1.0) / np.left_shift(1, np.asarray(c, np.int64)).astype(np.float32)
+    q = ((np.asarray(x, np.float32) - np.float32(0.5)) * scale + np.float32(0.5)) * np.float32(res)
+    return np.clip(np.floor(q), 0, res - 1).astype(np.int64)
+
+
+def point_cell_index(p, n_cascades: int, res: int) -> np.ndarray:
+    """numpy twin of ``cell_index(cascade_of(p), cell_coords(p))``: flat cell (...) int64 of
+    model points p (..., 3), clamped to the outermost cascade."""
+    p = np.asarray(p, np.float32)
+    c = axis_cascade(p, n_cascades).max(-1)
+    cell = axis_cell(p, c[..., None], res)
+    return c * res ** 3 + cell[..., 0] + cell[..., 1] * res + cell[..., 2] * res * res
+
+
 @ti.func
 def cell_of_index(i, res):
     """Flat cell index -> (cascade, vec3 i32 cell): the inverse of :func:`cell_index`."""

@@ -29,7 +29,7 @@ import torch
 from taichi_nerf.atomic import atomic_file, atomic_write_json
 from taichi_nerf.camera_paths import CameraPath
 from taichi_nerf.data.scene import SceneTransform, to_model_space
-from taichi_nerf.reference import cascade_of, cell_index
+from taichi_nerf.kernels.occupancy import axis_cascade, axis_cell, point_cell_index
 
 DEFAULT_RESOLUTION = 256
 MAX_RESOLUTION = 1024        # 1024^3 float32 samples = 4 GiB; marching cubes needs about as much again
@@ -76,7 +76,8 @@ def occupancy_mask_fn(grid, dilate: int = 1) -> Callable[[torch.Tensor], torch.T
     n, res = grid.spec.n_cascades, grid.spec.resolution
 
     def mask(pts: torch.Tensor) -> torch.Tensor:
-        return occ[cell_index(pts, cascade_of(pts, n), res)]
+        idx = point_cell_index(pts.detach().cpu().numpy(), n, res)
+        return occ[torch.from_numpy(idx).to(occ.device)]
     return mask
 
 
@@ -123,26 +124,19 @@ def grid_shape(lo: np.ndarray, hi: np.ndarray, resolution: int) -> Tuple[Tuple[i
     return shape, h
 
 
-def _axis_cells(coords: np.ndarray, n_cascades: int, res: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-axis occupancy lookup of model coordinates (n,) float32 -> finest cascade (n,) int64 whose
-    extent holds them, and their cell index (n_cascades, n) int64 in every cascade."""
-    c32 = np.asarray(coords, np.float32)
-    m = np.maximum(np.abs(c32 - np.float32(0.5)) * np.float32(2.0), np.float32(1e-12))
-    cas = np.clip(np.ceil(np.log2(m)), 0, n_cascades - 1).astype(np.int64)
-    size = (2.0 ** np.arange(n_cascades, dtype=np.float32))[:, None]
-    cells = np.floor(((c32[None] - np.float32(0.5)) / size + np.float32(0.5)) * res)
-    return cas, np.clip(cells, 0, res - 1).astype(np.int64)
-
-
 def occupancy_on_grid(occupied: np.ndarray, lo: np.ndarray, shape: Tuple[int, int, int],
                       spacing: float, x_range: Tuple[int, int]) -> np.ndarray:
     """bool (b, ny, nz) for grid samples lo + spacing * (i, j, k), i in x_range: inside an occupied
     cell of `occupied` (C, R, R, R) [c, z, y, x] (a point's cascade: the finest that holds it)."""
     n_cascades, res = occupied.shape[0], occupied.shape[1]
+    # the lookup is separable: a sample's cascade is the largest of its coordinates' cascades,
+    # and its cell along an axis depends on that coordinate only, so look up each axis once
+    # (finest cascade (n,) and cell in every cascade (n_cascades, n)) instead of every sample
     axes = []
     for a, (start, stop) in enumerate([x_range, (0, shape[1]), (0, shape[2])]):
         coords = (np.float64(lo[a]) + np.arange(start, stop) * np.float64(spacing)).astype(np.float32)
-        axes.append(_axis_cells(coords, n_cascades, res))
+        axes.append((axis_cascade(coords, n_cascades),
+                     axis_cell(coords[None], np.arange(n_cascades)[:, None], res)))
     (cx, ix), (cy, iy), (cz, iz) = axes
     cas = np.maximum(np.maximum(cx[:, None, None], cy[None, :, None]), cz[None, None, :])
     out = np.zeros(cas.shape, bool)

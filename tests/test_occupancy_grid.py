@@ -3,6 +3,7 @@ threshold from cascade 0, max-pooled cascades, unseen cells out for good, warm-u
 import math
 
 import numpy as np
+import taichi as ti
 import torch
 
 from taichi_nerf.kernels import occupancy as occ_k
@@ -176,6 +177,32 @@ def test_rule_is_the_same_on_numpy_and_torch(cpu_runtime, gen):
     assert occ[d == float("inf")].all()
     # unseen cells are never occupied themselves (a coarse one only above an occupied finer cell)
     assert not occ[:per][d[:per] < 0].any()
+
+
+@ti.kernel
+def _taichi_cell_index(p: ti.types.ndarray(dtype=ti.f32, ndim=2), n_cascades: ti.template(),
+                       res: ti.template(), out: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    for k in range(p.shape[0]):
+        q = ti.Vector([p[k, 0], p[k, 1], p[k, 2]])
+        c = occ_k.cascade_of(q, n_cascades)
+        out[k] = occ_k.cell_index(c, occ_k.cell_coords(q, c, res), res)
+
+
+def test_numpy_cell_lookup_equals_the_taichi_rule(arch):
+    """point_cell_index (export's vectorised lookup) is the @ti.func rule to the bit, cell and
+    cascade borders included."""
+    n, res = 3, 16
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(-2.0, 3.0, (20000, 3))       # beyond the outermost cascade too
+    # every cell border of every cascade, and the cascade borders among them
+    borders = np.concatenate([0.5 + 2.0 ** c * (np.arange(res + 1) / res - 0.5) for c in range(n)])
+    on_borders = rng.choice(borders, (5000, 3))
+    mixed = np.where(rng.random((5000, 3)) < 0.5, on_borders, uniform[:5000])
+    p = np.concatenate([uniform, on_borders, mixed]).astype(np.float32)
+    out = np.zeros(len(p), np.int32)
+    _taichi_cell_index(p, n, res, out)
+    ti.sync()
+    np.testing.assert_array_equal(occ_k.point_cell_index(p, n, res), out)
 
 
 def test_schedule_matches_instant_ngp(cpu_runtime):
