@@ -6,7 +6,7 @@ import math
 import dataclasses
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
 
@@ -432,6 +432,20 @@ def cmd_view(a: argparse.Namespace) -> int:
     return 0
 
 
+def bench_exit_code(results: Dict[str, Any]) -> int:
+    """`bench`'s exit code for its results: 0, or 1 after one stderr line naming what failed."""
+    from taichi_nerf.bench.kernels import check_result
+
+    # a failed op is still reported in its row and in --json; the exit code lets scripts
+    # and CI see it without parsing the table
+    problems = check_result(results["kernels"]) if "kernels" in results else []
+    if not problems:
+        return 0
+    print(f"taichi-nerf bench: error: kernel benchmark failed: {'; '.join(problems)}",
+          file=sys.stderr)
+    return 1
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     import json
 
@@ -466,7 +480,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(format_training_markdown(res))
     if a.json:
         a.json.write_text(json.dumps(results, indent=2, default=str))
-    return 0
+    return bench_exit_code(results)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,6 +3,7 @@
 No timing assertions: this machine is noisy; speed targets are checked by the
 benchmark itself (BENCHMARKS.md), not by tests.
 """
+import copy
 import json
 import math
 
@@ -65,6 +66,21 @@ def test_markdown_has_table_and_every_op(quick_result):
     for r in quick_result["ops"].values():
         assert f"| {r['op']} {r['pass']} | {r['size']} |" in md
     assert "GFLOP/s" in md and "GB/s" in md
+
+
+def test_cli_exit_code_is_nonzero_when_an_op_failed(quick_result, capsys):
+    from taichi_nerf.cli import bench_exit_code
+
+    assert bench_exit_code({"kernels": quick_result}) == 0
+    assert capsys.readouterr().err == ""
+    broken = copy.deepcopy(quick_result)
+    # what run_kernel_benchmark records for an op that raised
+    broken["ops"]["march_rays"] = {"op": "march_rays", "error": "RuntimeError: out of memory"}
+    assert bench_exit_code({"kernels": broken, "training": {}}) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("taichi-nerf bench: error: "), err
+    assert "march_rays: RuntimeError: out of memory" in err
+    assert bench_exit_code({"training": {}}) == 0  # no kernel part, nothing to check
 
 
 def test_occupancy_pattern_roundtrips():

@@ -31,6 +31,7 @@ from taichi_nerf import ops, reference, runtime
 from taichi_nerf.bench.common import (CONTENDED_US, finite_positive, fmt_rate, load_average,
                                       log2_str, machine_info, measure, progress_line,
                                       small_op_latency_us)
+from taichi_nerf.kernels.checkpoint_io import one_line
 from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
 
 #: Full-size problem (BENCHMARKS.md section 1). Quick mode divides the sizes by 16.
@@ -346,7 +347,7 @@ def run_kernel_benchmark(arch: str = "cpu", quick: bool = False, repeats: Option
         try:
             recs = job()
         except Exception as e:  # keep measuring the other ops; the error is reported
-            recs = [{"op": k.split(".")[0], "error": f"{type(e).__name__}: {e}"} for k in keys]
+            recs = [{"op": k.split(".")[0], "error": one_line(e)} for k in keys]
         for key, rec in zip(keys, recs):
             result["ops"][key] = rec
             progress_line(_line(key, rec), progress)
