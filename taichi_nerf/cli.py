@@ -213,7 +213,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Kernel benchmark (Taichi vs the pure-torch reference) and a "
                                    "short training run on the built-in scene; prints Markdown "
                                    "for BENCHMARKS.md.")
-    b.add_argument("--quick", action="store_true", help="small sizes, kernels only (< 1 min)")
+    b.add_argument("--quick", action="store_true",
+                   help="small sizes, kernels only (< 1 min); not with --training")
     b.add_argument("--kernels", action="store_true", help="kernel benchmark only")
     b.add_argument("--training", action="store_true", help="training benchmark only")
     b.add_argument("--viewer", type=Path, metavar="RUN",
@@ -451,6 +452,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     from taichi_nerf.bench.kernels import format_markdown, run_kernel_benchmark
 
+    if a.quick and a.training:
+        raise CLIError("--quick is the kernel benchmark at small sizes and has no training part; "
+                       "for a short training benchmark give --training --time SECONDS")
     rt = _init(a.arch)
     results = {}
     if a.viewer is not None:

@@ -370,6 +370,13 @@ def test_bench_viewer_without_checkpoint_is_one_line(tmp_path, capsys):
     assert_one_line_error(rc, err, "bench", "checkpoint.npz")
 
 
+def test_bench_quick_training_is_refused_not_skipped(capsys):
+    # --quick alone is kernels only; with --training it used to drop the training part silently
+    rc, out, err = cli(capsys, "bench", "--quick", "--training", "--arch", "cpu")
+    assert_one_line_error(rc, err, "bench", "--quick", "--training --time")
+    assert out == ""  # refused before anything ran
+
+
 def test_bench_training_bad_data_is_one_line(tmp_path, capsys):
     rc, _, err = cli(capsys, "bench", "--training", "--data", tmp_path / "nowhere", "--time",
                      "1", "--arch", "cpu")
