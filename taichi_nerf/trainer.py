@@ -72,8 +72,9 @@ class TrainConfig:
     coarse_levels: int = 4
     # sparse depth (DS-NeRF-style): data with structure-from-motion points (COLMAP) spend this
     # share of each batch on rays through the keypoints that saw a point, whose weight must
-    # sit within +-tolerance (relative) of the point's distance; 0 turns it off
-    sparse_depth: float = 0.1            # weight of that loss
+    # sit within +-tolerance (relative) of the point's distance; 0 turns it off. beer
+    # --downscale 4, 1700 steps, held out: weight 0 18.3 dB, 0.1 22.0, 0.5 23.0, 1.0 23.3
+    sparse_depth: float = 1.0            # weight of that loss
     sparse_depth_share: float = 0.25
     sparse_depth_tolerance: float = 0.05
     eval_every: int = 0                  # validate every N steps (0: only at the end)
