@@ -6,7 +6,7 @@ import math
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
 

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 
 from taichi_nerf import runtime
+from taichi_nerf.atomic import atomic_write_json
 from taichi_nerf.cameras import generate_rays
 from taichi_nerf.checkpoint import (CheckpointError, arrays_to_state_dict, load_checkpoint,
                                     save_checkpoint, state_dict_to_arrays)
@@ -378,11 +377,7 @@ def evaluate(renderer: Renderer, ds: Dataset, progress: bool = False,
             "seconds_per_view": float(np.mean(seconds))}
 
 
-def write_json(path: Path, data: Dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+write_json = atomic_write_json  # metrics.json and eval --json: the package's one atomic writer
 
 
 def run_training(trainer: Trainer, out_dir: Path, val: Optional[Dataset] = None,

@@ -132,10 +132,12 @@ def test_unknown_variant():
 TRAIN_RES = 64
 TRAIN_STEPS = 800
 # what a field must beat: predicting each held-out view's mean colour everywhere, by a
-# margin measured 2026-12-02 (seed 0, 64 px, 800 steps, ~60 s each): room 18.40 dB vs
-# 14.42, forward 23.67 vs 17.79; before the hash-grid fix both collapsed to the near
-# shell and stayed within 0.2 dB of their mean colour
-MARGIN_OVER_MEAN_DB = {"room": 3.0, "forward": 4.5}
+# margin measured 2026-12-02 (seed 0, 64 px, 800 steps, ~60 s each): forward 23.67 dB vs
+# 17.79. room (which now trains with the sparse depth its COLMAP keypoints give) 17.47 vs
+# 14.42 in a script with this configuration (15.53 with sparse depth off, at this commit and
+# at the one before it); before the hash-grid fix both collapsed to the near shell and
+# stayed within 0.2 dB of their mean colour
+MARGIN_OVER_MEAN_DB = {"room": 2.5, "forward": 4.5}
 
 
 @pytest.mark.parametrize("name", bv.VARIANTS)

@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
