@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import math
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
 
-BUILTIN = "builtin"
-DEFAULT_TIME = 150.0  # seconds: the built-in scene reaches >= 30 dB in this on 2 CPU cores
+from taichi_nerf.api import BUILTIN, DEFAULT_TIME  # noqa: F401 (numpy-only import; re-exported)
 
 
 class CLIError(Exception):
@@ -237,22 +234,21 @@ def _init(arch: str):
     return runtime.init(arch, verbose=True)
 
 
-def _is_builtin(data: Optional[str]) -> bool:
-    return data is not None and (data == BUILTIN or data.startswith(BUILTIN + ":"))
+def _cli_option_error(e) -> CLIError:
+    """The library's OptionError as the CLI's one line, naming the flag (--log2-table)."""
+    if e.option is None:
+        return CLIError(e.problem)
+    return CLIError(f"--{e.option.replace('_', '-')} {e.problem}")
 
 
 def _resolve_data(data: str, quiet: bool) -> Path:
     """A dataset folder, or the built-in scene ('builtin') or one of its variants
     ('builtin:room', 'builtin:forward'), rendered into the cache on first use."""
-    if _is_builtin(data):
-        from taichi_nerf.data.builtin import DEFAULT_VARIANT, ensure_builtin_scene
-        from taichi_nerf.data.builtin_variants import VARIANTS
-        name = data.partition(":")[2] or DEFAULT_VARIANT
-        if name != DEFAULT_VARIANT and name not in VARIANTS:
-            raise CLIError(f"{data}: unknown built-in scene; choose {BUILTIN} or "
-                           + ", ".join(f"{BUILTIN}:{v}" for v in VARIANTS))
-        return ensure_builtin_scene(progress=not quiet, variant=name)
-    return Path(data)
+    from taichi_nerf.api import OptionError, resolve_data
+    try:
+        return resolve_data(data, progress=not quiet)
+    except OptionError as e:
+        raise _cli_option_error(e) from None
 
 
 def _positive(name: str, value: Optional[float]) -> None:
@@ -261,58 +257,18 @@ def _positive(name: str, value: Optional[float]) -> None:
 
 
 def _prepare_training(a: argparse.Namespace):
-    """Load data, init the runtime and build the Trainer -> (trainer, val, out)."""
-    from taichi_nerf.data import detect_format, load_dataset
-    from taichi_nerf.data.blender import split_files
-    from taichi_nerf.data.scene import MAX_AABB_SCALE, is_power_of_two
-    from taichi_nerf.kernels.specs import MAX_LOG2_TABLE
-    from taichi_nerf.trainer import TrainConfig, Trainer
+    """taichi_nerf.api.prepare_training from the parsed options -> (trainer, val, out)."""
+    from taichi_nerf.api import OptionError, prepare_training
 
-    _positive("steps", a.steps)
-    _positive("time", a.time)
-    if getattr(a, "sparse_depth", None) is not None and not (a.sparse_depth >= 0
-                                                             and math.isfinite(a.sparse_depth)):
-        raise CLIError(f"--sparse-depth must be a finite weight >= 0, got {a.sparse_depth}")
-    if a.log2_table is not None and not 4 <= a.log2_table <= MAX_LOG2_TABLE:
-        raise CLIError(f"--log2-table must be in [4, {MAX_LOG2_TABLE}], got {a.log2_table}")
-    if a.aabb_scale is not None and not (1 <= a.aabb_scale <= MAX_AABB_SCALE
-                                         and is_power_of_two(a.aabb_scale)):
-        raise CLIError(f"--aabb-scale must be a power of two in [1, {MAX_AABB_SCALE}], "
-                       f"got {a.aabb_scale}")
-    out = a.out or Path("runs") / (a.data.replace(":", "-") if _is_builtin(a.data)
-                                   else Path(a.data).resolve().name)
-    if a.resume and not (out / CHECKPOINT_NAME).exists():
-        raise CLIError(f"{out / CHECKPOINT_NAME}: no checkpoint to resume from")
-    root = _resolve_data(a.data, a.quiet)
-    fmt = detect_format(root)
-    train = load_dataset(root, "train", a.downscale, a.holdout)
-    if a.aabb_scale is not None:
-        train = dataclasses.replace(train, aabb_scale=a.aabb_scale)
-    if fmt == "blender":
-        # validate on val, or on test when there is no val split; a broken val split is an error
-        vsplit = "val" if a.data != BUILTIN and "val" in split_files(root) else "test"
-        val = load_dataset(root, vsplit, a.downscale, scene=train.scene)
-    else:
-        val = load_dataset(root, "val", a.downscale, a.holdout, scene=train.scene)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CLIError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-    _init(a.arch)
-    cfg = TrainConfig(steps=a.steps, time=a.time if a.time or a.steps else DEFAULT_TIME,
-                      seed=a.seed, eval_every=a.eval_every)
-    if a.log2_table is not None:
-        cfg.log2_table = a.log2_table
-    if getattr(a, "sparse_depth", None) is not None:
-        cfg.sparse_depth = a.sparse_depth
-    trainer = Trainer(train, cfg)
-    if not a.quiet:
-        print(f"training on {root} ({fmt}, {len(train)} images {train.width}x{train.height}, "
-              f"{len(val)} validation views) -> {out}")
-        if trainer.depth_obs is not None:
-            print(f"sparse depth: {len(trainer.depth_obs)} keypoints with a triangulated point "
-                  f"(weight {cfg.sparse_depth:g})")
-    return trainer, val, out
+        return prepare_training(a.data, a.out, steps=a.steps, time=a.time,
+                                downscale=a.downscale, holdout=a.holdout, seed=a.seed,
+                                resume=a.resume, aabb_scale=a.aabb_scale, arch=a.arch,
+                                progress=not a.quiet, print_arch=True,
+                                eval_every=a.eval_every, log2_table=a.log2_table,
+                                sparse_depth=getattr(a, "sparse_depth", None))
+    except OptionError as e:
+        raise _cli_option_error(e) from None
 
 
 def cmd_train(a: argparse.Namespace) -> int:
