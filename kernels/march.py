@@ -21,7 +21,7 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
     C, R = occ.n_cascades, occ.resolution
     lo, hi = occ.aabb
     min_step, max_step, cone = march.min_step, march.max_step, march.cone
-    max_samples, near = march.max_samples, march.near
+    near = march.near
 
     @ti.func
     def step_size(t):
