@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -26,6 +27,10 @@ from taichi_nerf.metrics import ssim as ssim_fn
 from taichi_nerf.occupancy import OccupancyGrid
 from taichi_nerf.render import Renderer
 
+# TrainConfig settings that set parameter shapes (a resume must keep them), and those of
+# them that `taichi-nerf train` takes as options (--aabb-scale is the scene's)
+SHAPE_SETTINGS = ("log2_table", "n_levels", "finest_resolution", "occ_resolution")
+CLI_SETTINGS = ("log2_table", "aabb_scale")
 C2F_RAMP_PHOTOS = 0.5  # share of the budget over which fine levels join, for photos
 METRICS_NAME = "metrics.json"
 
@@ -304,12 +309,39 @@ class Trainer:
         arrays["cameras/poses"] = self.dataset.poses  # world c2w: viewer snapping, overlays
         save_checkpoint(path, self.checkpoint_config(), arrays)
 
+    def check_resumable(self, path: Path, cfg: Dict[str, Any]) -> None:
+        """CheckpointError naming what differs when the checkpoint `cfg` was trained with
+        settings that give its parameters other shapes than this trainer's."""
+        mine = _plain_json(self.checkpoint_config())
+        if all(_plain_json(cfg.get(k)) == mine[k] for k in ("field", "occupancy")):
+            return
+        theirs_train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+        theirs_scene = cfg.get("scene") if isinstance(cfg.get("scene"), dict) else {}
+        differ = [(k, theirs_train[k]) for k in SHAPE_SETTINGS
+                  if k in theirs_train and theirs_train[k] != mine["train"][k]]
+        aabb = theirs_scene.get("aabb_scale")
+        if aabb is not None and aabb != mine["scene"]["aabb_scale"]:
+            differ.append(("aabb_scale", aabb))
+        if not differ:
+            raise CheckpointError(f"checkpoint {path} was trained with another field or "
+                                  f"occupancy grid layout than these settings; resume with the "
+                                  f"settings it was trained with")
+        was = ", ".join(f"{k} {v}" for k, v in differ)
+        opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in differ if k in CLI_SETTINGS)
+        raise CheckpointError(f"checkpoint {path} was trained with {was}; resume with the same "
+                              f"settings" + (f" ({opts})" if opts else ""))
+
     def load(self, path: Path) -> None:
         """Restore a checkpoint written by :meth:`save` of the same configuration."""
         cfg, arrays = load_checkpoint(path, required_arrays=["occupancy/density", "rng"],
                                       required_config=["step", "field", "train"])
-        self.field.load_state_dict(arrays_to_state_dict("field", arrays, self.device))
-        self.optimizer.load_state_dict(arrays_to_state_dict("optim", arrays, self.device))
+        self.check_resumable(path, cfg)
+        try:
+            self.field.load_state_dict(arrays_to_state_dict("field", arrays, self.device))
+            self.optimizer.load_state_dict(arrays_to_state_dict("optim", arrays, self.device))
+        except (RuntimeError, ValueError) as e:  # shapes the config check did not catch
+            raise CheckpointError(f"checkpoint {path}: cannot resume, its parameters do not "
+                                  f"match these settings ({str(e).splitlines()[0]})") from None
         self.grid.density = torch.from_numpy(arrays["occupancy/density"]).to(self.device)
         self.grid._cursor = int(cfg.get("occ_cursor", 0))
         self.grid.bitfield = torch.from_numpy(checkpoint_bitfield(cfg, arrays)).to(self.device)
@@ -317,6 +349,11 @@ class Trainer:
         self.step, self.elapsed = int(cfg["step"]), float(cfg["elapsed"])
         self.n_rays = int(cfg["n_rays"])
         self.samples_seen, self.rays_seen = int(cfg["samples_seen"]), int(cfg["rays_seen"])
+
+
+def _plain_json(obj: Any) -> Any:
+    """obj as it reads back from a checkpoint's JSON config (tuples become lists)."""
+    return json.loads(json.dumps(obj, sort_keys=True))
 
 
 def load_model(path: Path, device: Optional[torch.device] = None):

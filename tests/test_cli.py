@@ -194,6 +194,16 @@ def test_train_resume_without_checkpoint(data, tmp_path, capsys):
     assert_one_line_error(rc, err, "train", run / "checkpoint.npz", "no checkpoint")
 
 
+def test_train_resume_with_other_table_size(trained_run, scene32, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    fast = [a if a != "12" else "11" for a in FAST]  # --log2-table 11 instead of 12
+    rc, _, err = cli(capsys, "train", scene32, "--out", run, "--steps", TRAIN_STEPS + 1,
+                     "--resume", *fast)
+    assert_one_line_error(rc, err, "train", run / "checkpoint.npz", "log2_table 12",
+                          "--log2-table 12")
+
+
 def test_train_bad_table_size(data, tmp_path, capsys):
     rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
                      "--arch", "cpu", "--quiet", "--log2-table", "2")
