@@ -436,9 +436,10 @@ def is_camera_path_file(spec: str) -> bool:
 def resolve_path(spec: str, cfg: Mapping[str, Any], checkpoint: Union[str, os.PathLike],
                  frames: int, elevation: float = 30.0, split: str = "test",
                  width: Optional[int] = None, height: Optional[int] = None,
-                 radius: Optional[float] = None) -> CameraPath:
+                 radius: Optional[float] = None, holdout: int = 8) -> CameraPath:
     """A --path value -> CameraPath: 'orbit', 'dataset' (smooth path through the training cameras),
-    FILE.json (a camera path file) or a DATA folder (that split's cameras, at their own size)."""
+    FILE.json (a camera path file) or a DATA folder (that split's cameras, at their own size;
+    for formats without split files every `holdout`-th frame is val/test, as in `train`)."""
     if spec in ("orbit", "dataset") and not isinstance(cfg.get("orbit"), Mapping):
         from taichi_nerf.checkpoint import CheckpointError
         raise CheckpointError(f"checkpoint {os.fspath(checkpoint)}: its config has no 'orbit' "
@@ -451,6 +452,6 @@ def resolve_path(spec: str, cfg: Mapping[str, Any], checkpoint: Union[str, os.Pa
         return load_camera_path(spec, default_camera(cfg)).resized(width, height)
     from taichi_nerf.data import load_dataset
 
-    ds = load_dataset(Path(spec), split)
+    ds = load_dataset(Path(spec), split, holdout=holdout)
     path = CameraPath(ds.poses, ds.intrinsics, ds.width, ds.height, ds.distortion)
     return path.resized(width, height)

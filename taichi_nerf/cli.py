@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                         "training cameras), a DATA folder (its --split cameras) or a camera "
                         "path FILE.json (format: docs/camera-paths.md)")
     r.add_argument("--split", default="test", help="split of --path DATA (default test)")
+    r.add_argument("--holdout", type=int, default=8,
+                   help="for --path DATA in formats without splits: every K-th frame is val/"
+                        "test (as in `train`; 0: all frames)")
     r.add_argument("--frames", type=int, default=60,
                    help="frames of an orbit or dataset path (default 60)")
     r.add_argument("--width", type=int, help="image width (default: the training width)")
@@ -194,6 +197,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="cameras for --depth / --camera-path: orbit (default), dataset, a DATA "
                         "folder or FILE.json")
     x.add_argument("--split", default="test", help="split of --path DATA (default test)")
+    x.add_argument("--holdout", type=int, default=8,
+                   help="for --path DATA in formats without splits: every K-th frame is val/"
+                        "test (as in `train`; 0: all frames)")
     x.add_argument("--frames", type=int, default=60, metavar="N",
                    help="cameras on an orbit or dataset path (default 60)")
     x.add_argument("--width", type=int, help="image width (default: the path's or training width)")

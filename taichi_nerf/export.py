@@ -593,7 +593,7 @@ def run_export(a, cfg: Mapping[str, Any], renderer, scene: SceneTransform, check
         if a.radius is not None and not (np.isfinite(a.radius) and a.radius > 0):
             raise ExportError(f"--radius must be a positive number of world units, got {a.radius}")
         path = resolve_path(a.path, cfg, checkpoint, a.frames, a.elevation, a.split,
-                            a.width, a.height, a.radius)
+                            a.width, a.height, a.radius, holdout=a.holdout)
         if a.camera_path is not None:
             try:
                 save_camera_path(a.camera_path, path)

@@ -59,7 +59,7 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
                           "dataset folder renders at the dataset's own camera sizes")
     ckpt = Path(checkpoint_path(a.run))
     path = resolve_path(a.path, cfg, ckpt, a.frames, a.elevation, a.split, a.width, a.height,
-                        a.radius)
+                        a.radius, holdout=a.holdout)
     sizes = sorted({(int(w), int(h)) for w, h in zip(path.widths, path.heights)})
     if a.out.suffix.lower() in VIDEO_SUFFIXES and len(sizes) > 1:
         raise RenderError(f"{a.path}: frames have different sizes {sizes[:3]}; a video needs one "

@@ -330,6 +330,24 @@ def test_render_dataset_cameras(trained_run, scene32, tmp_path, capsys):
     assert iio.imread(pngs[0]).shape == (RES, RES, 3)
 
 
+@pytest.mark.parametrize("split, holdout, frames", [("test", None, 2), ("train", None, 8),
+                                                    ("test", "0", 10)])
+def test_render_data_without_splits_holds_out_like_train(split, holdout, frames, trained_run,
+                                                         scene32, tmp_path, capsys):
+    """--path DATA of a format without split files (instant-ngp: one transforms.json) takes
+    --split from every --holdout-th frame (default 8, as train and eval do)."""
+    run, _ = trained_run
+    ngp = tmp_path / "ngp"
+    shutil.copytree(scene32 / "test", ngp / "test")
+    (ngp / "transforms.json").write_text((scene32 / "transforms_test.json").read_text())
+    out = tmp_path / "views"
+    extra = [] if holdout is None else ["--holdout", holdout]
+    rc, _, err = cli(capsys, "render", run, "--out", out, "--path", ngp, "--split", split,
+                     *extra, "--arch", "cpu", "--quiet")
+    assert rc == 0, err
+    assert len(list(out.glob("*.png"))) == frames  # 10 frames: 0 and 8 held out
+
+
 @pytest.mark.parametrize("name", ["frames", "orbit.gif", "dir.gif"])
 def test_render_unwritable_out(name, trained_run, tmp_path, capsys, monkeypatch):
     run, _ = trained_run
