@@ -86,10 +86,9 @@ def sparse_depth_loss(sigma: torch.Tensor, t: torch.Tensor, dt: torch.Tensor, ra
         return sigma.sum() * 0.0
     m = int(rays[n - 1, 0]) + int(rays[n - 1, 1])  # samples are packed ray by ray
     w = sample_weights(sigma[:m], dt[:m], rays[:n], ray_index[:m])
-    ri = ray_index[:m].long()
-    d = depth[ri]
-    front = torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(
-        0, ri, w * (t[:m] < d * (1.0 - tolerance)))
-    reach = torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(
-        0, ri, w * (t[:m] <= d * (1.0 + tolerance)))
-    return (front + 0.5 * (1.0 - reach)).mean()
+    d = depth[ray_index[:m].long()]
+    # per ray: sum w [t < d(1-tol)] + 0.5 (1 - sum w [t <= d(1+tol)]); the mean over rays of
+    # per-ray sums is one sum over their samples
+    front = (t[:m] < d * (1.0 - tolerance)).to(w.dtype)
+    reach = (t[:m] <= d * (1.0 + tolerance)).to(w.dtype)
+    return (w * (front - 0.5 * reach)).sum() / n + 0.5

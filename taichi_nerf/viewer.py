@@ -19,6 +19,7 @@ import numpy as np
 
 from taichi_nerf import runtime
 from taichi_nerf.cameras import horizontal_basis, orbit_poses
+from taichi_nerf.data.scene import project_pinhole
 from taichi_nerf.kernels.occupancy import checkpoint_occupied
 from taichi_nerf.kernels.specs import checkpoint_path
 
@@ -150,14 +151,9 @@ def resize_nearest(img: np.ndarray, width: int, height: int) -> np.ndarray:
 def project_points(points_world: np.ndarray, c2w_world: np.ndarray, intrinsics,
                    width: int, height: int) -> np.ndarray:
     """World points (K,3) -> integer pixels (K',2) (u, v) of those in front of the camera and in view."""
-    r, t = c2w_world[:3, :3], c2w_world[:3, 3]
-    cam = (points_world - t) @ r                       # world -> camera (OpenGL axes)
-    front = cam[:, 2] < -1e-6
-    cam = cam[front]
-    fx, fy, cx, cy = intrinsics
-    u = fx * cam[:, 0] / -cam[:, 2] + cx
-    v = -fy * cam[:, 1] / -cam[:, 2] + cy
-    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    uv, z = project_pinhole(points_world, c2w_world, *intrinsics)
+    u, v = uv[:, 0], uv[:, 1]
+    inside = (z > 1e-6) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
     return np.stack([u[inside], v[inside]], -1).astype(np.int64)
 
 

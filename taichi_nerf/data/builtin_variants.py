@@ -24,6 +24,7 @@ from taichi_nerf.camera_paths import rotation_to_quat
 
 from . import builtin
 from .builtin import PRIMITIVES, Primitive, look_at, pixel_rays, ray_depth, render_view
+from .scene import project_pinhole
 
 VARIANTS = ("room", "forward")
 
@@ -107,7 +108,8 @@ MODEL_VERSION = 2
 
 def fingerprint_data(v: Variant) -> dict:
     """Everything that decides the variant's files (for the cache fingerprint)."""
-    return {"variant": v.name, "model_version": MODEL_VERSION, "table": builtin.primitive_table(v.primitives).round(6).tolist(),
+    return {"variant": v.name, "model_version": MODEL_VERSION,
+            "table": builtin.primitive_table(v.primitives).round(6).tolist(),
             "cameras": cameras(v).round(9).tolist(), "camera_angle_x": v.camera_angle_x}
 
 
@@ -131,11 +133,8 @@ def observations(poses: np.ndarray, v: Variant, points: np.ndarray,
     f = builtin.focal_length(resolution, v.camera_angle_x)
     out = []
     for c2w in poses:
-        rel = (points - c2w[:3, 3]) @ c2w[:3, :3]  # camera axes: x right, y up, -z forward
-        z = -rel[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = f * rel[:, 0] / z + resolution / 2
-            y = -f * rel[:, 1] / z + resolution / 2
+        uv, z = project_pinhole(points, c2w, f, f, resolution / 2, resolution / 2)
+        x, y = uv[:, 0], uv[:, 1]
         inside = (z > 1e-6) & (x >= 0) & (x < resolution) & (y >= 0) & (y < resolution)
         idx = np.flatnonzero(inside)
         dist = np.linalg.norm(points[idx] - c2w[:3, 3], axis=1)

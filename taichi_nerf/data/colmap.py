@@ -75,13 +75,12 @@ def depth_observations(chosen: List[ColmapImage], c2w: np.ndarray, points: Optio
     if points is None:
         return None
     good = (points.track >= DEPTH_MIN_TRACK) & (points.error <= DEPTH_MAX_ERROR)
-    ids = points.ids[good]
-    order = np.argsort(ids)
-    ids, xyz = ids[order], points.xyz[good][order]
+    if not good.any():
+        return None
+    order = np.argsort(points.ids[good])
+    ids, xyz = points.ids[good][order], points.xyz[good][order]
     rows = []
     for j, im in enumerate(chosen):
-        if len(ids) == 0 or len(im.point_ids) == 0:
-            continue
         k = np.clip(np.searchsorted(ids, im.point_ids), 0, len(ids) - 1)
         hit = ids[k] == im.point_ids
         w, h = sizes[j]

@@ -64,6 +64,17 @@ def to_model_space(poses: np.ndarray, scale: float, offset: np.ndarray) -> np.nd
     return out
 
 
+def project_pinhole(points: np.ndarray, c2w: np.ndarray, fx: float, fy: float, cx: float,
+                    cy: float) -> tuple:
+    """World points (K, 3) seen by the OpenGL camera c2w (4|3, 4) -> (pixels (K, 2) float u, v
+    with centres at +0.5, depth (K,) along the view axis; <= 0 behind the camera)."""
+    cam = (np.asarray(points, np.float64) - c2w[:3, 3]) @ c2w[:3, :3]  # OpenGL camera axes
+    z = -cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = np.stack([fx * cam[:, 0] / z + cx, -fy * cam[:, 1] / z + cy], -1)
+    return uv, z
+
+
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rotation (3, 3) turning unit direction ``a`` onto unit direction ``b``."""
     a = a / np.linalg.norm(a)
