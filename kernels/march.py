@@ -1,12 +1,15 @@
 """Occupancy-grid ray marching with packed output.
 
-Two passes share one stepping rule (:func:`make_march_funcs`): a count pass
-gives each ray's number of samples, the caller turns counts into offsets
-(exclusive prefix sum), and a fill pass writes each ray's samples contiguously
-at its offset. Samples represent intervals [t, t + dt]; the reported t and
-position are at the interval's midpoint.
+Every marcher walks rays with one @ti.func, ``walk_ray`` of :func:`make_march_funcs`
+(start point, step rule, cascade choice, empty-space skipping), and differs only
+in its per-sample callback: NerfScene composites, and the batch kernels here
+run two passes, a count pass that gives each ray's number of samples, the
+caller turning counts into offsets (exclusive prefix sum), and a fill pass that
+writes each ray's samples contiguously at its offset. Samples represent
+intervals [t, t + dt]; the reported t and position are at the interval's midpoint.
 """
 import functools
+from typing import Any, NamedTuple
 
 import taichi as ti
 
@@ -15,8 +18,17 @@ from .rays import ray_aabb, safe_inv
 from .specs import MarchSpec, OccupancySpec
 
 
-def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
-    """@ti.funcs for one grid/step rule: ``step_size(t)``, ``march_ray(...)``,
+class MarchFuncs(NamedTuple):
+    """The @ti.funcs of one grid and step rule (see :func:`make_march_funcs`)."""
+    step_size: Any
+    walk_ray: Any
+    march_ray: Any
+    cell_exit_t: Any
+
+
+def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
+    """@ti.funcs for one grid/step rule: ``step_size(t)``, ``walk_ray(...)`` (the one walk,
+    with a per-sample callback), ``march_ray(...)`` (the batch passes' use of it) and
     ``cell_exit_t(o, inv_d, p, c, t)``."""
     C, R = occ.n_cascades, occ.resolution
     lo, hi = occ.aabb
@@ -42,12 +54,15 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
         return ti.max(ti.min(tx[0], tx[1], tx[2]), t)
 
     @ti.func
-    def march_ray(o, d, jitter, bitfield: ti.template(), write: ti.template(), base, limit,
-                  out_t: ti.template(), out_dt: ti.template(), out_pos: ti.template(),
-                  out_dir: ti.template()) -> ti.i32:
-        """March one ray whose first step starts `jitter` (in [0,1)) steps past the near point,
-        at most `limit` samples; if `write`, store exactly `limit` rows at base.. of the
-        outputs (the count pass's number) and return it, else return the count."""
+    def walk_ray(o, d, jitter, bitfield: ti.template(), limit, visit: ti.template(),
+                 ctx: ti.template()):
+        """Walk ray o + t d (model space, unit d) through the occupied cells, starting `jitter`
+        (in [0,1)) steps past the near point; call ``visit(ctx, n, t_mid, dt, p, d)`` for each
+        sample (n samples before it, interval [t_mid - dt/2, t_mid + dt/2], p at t_mid), at most
+        `limit`; a true return ends the walk after that sample. -> (n, t where it stopped,
+        t_far). `visit` and `ctx` are templates: ctx (e.g. a tuple of locals, ti.dataclass
+        values and arrays) reaches visit by reference; unpack it with ti.static(ctx), as a
+        plain assignment copies."""
         box_lo = ti.Vector([lo[0], lo[1], lo[2]])
         box_hi = ti.Vector([hi[0], hi[1], hi[2]])
         t_near, t_far = ray_aabb(o, d, box_lo, box_hi)
@@ -68,20 +83,43 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
                 c += 1
             idx = cell_index(c, cell_coords(p, c, R), R)
             if is_occupied(bitfield, idx):
-                if ti.static(write):
-                    row = base + n
-                    out_t[row] = t + 0.5 * dt
-                    out_dt[row] = dt
-                    for a in ti.static(range(3)):
-                        out_pos[row, a] = p[a]
-                        out_dir[row, a] = d[a]
+                stop = visit(ctx, n, t + 0.5 * dt, dt, p, d)
                 n += 1
                 t += dt
+                if stop:
+                    break
             else:
                 # skip the empty cell in whole steps, so samples stay on the step lattice
                 t_exit = cell_exit_t(o, inv_d, p, c, t)
                 n_steps = ti.max(ti.ceil((t_exit - t) / dt), 1.0)
                 t += n_steps * dt
+        return n, t, t_far
+
+    @ti.func
+    def count_sample(out: ti.template(), n, t_mid, dt, p, d):
+        return False  # the count pass only needs walk_ray's n
+
+    @ti.func
+    def write_sample(out: ti.template(), n, t_mid, dt, p, d):
+        base, out_t, out_dt, out_pos, out_dir = ti.static(out)  # static: no copies
+        row = base + n
+        out_t[row] = t_mid
+        out_dt[row] = dt
+        for a in ti.static(range(3)):
+            out_pos[row, a] = p[a]
+            out_dir[row, a] = d[a]
+        return False
+
+    @ti.func
+    def march_ray(o, d, jitter, bitfield: ti.template(), write: ti.template(), base, limit,
+                  out_t: ti.template(), out_dt: ti.template(), out_pos: ti.template(),
+                  out_dir: ti.template()) -> ti.i32:
+        """March one ray whose first step starts `jitter` (in [0,1)) steps past the near point,
+        at most `limit` samples; if `write`, store exactly `limit` rows at base.. of the
+        outputs (the count pass's number) and return it, else return the count."""
+        n, t, t_far = walk_ray(o, d, jitter, bitfield, limit,
+                               write_sample if ti.static(write) else count_sample,
+                               (base, out_t, out_dt, out_pos, out_dir))
         if ti.static(write):
             # the count and the fill pass are separate compiled loops whose float rounding may
             # differ, so a fill may find a sample fewer than its count: pad with empty
@@ -97,7 +135,7 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec):
                 n += 1
         return n
 
-    return step_size, march_ray, cell_exit_t
+    return MarchFuncs(step_size, walk_ray, march_ray, cell_exit_t)
 
 
 class MarchKernels:
@@ -113,7 +151,8 @@ class MarchKernels:
 
     def __init__(self, occ: OccupancySpec, march: MarchSpec):
         self.occ, self.march = occ, march
-        self.step_size, march_ray, _ = make_march_funcs(occ, march)
+        funcs = make_march_funcs(occ, march)
+        self.step_size, march_ray = funcs.step_size, funcs.march_ray
         self.march_ray = march_ray
         max_samples = march.max_samples
 

@@ -42,12 +42,10 @@ import taichi as ti
 from .composite import accumulate_sample
 from .hash_grid import checkpoint_table, level_lookup_at, level_params, make_level_funcs
 from .checkpoint_io import read_checkpoint
-from .inference import _linear_layers
+from .inference import _linear_layers, color_layers
 from .march import make_march_funcs
 from .mlp import activate
-from .occupancy import (cascade_of, cell_coords, cell_index, checkpoint_bitfield, is_occupied,
-                        occupied_at)
-from .rays import ray_aabb, safe_inv
+from .occupancy import checkpoint_bitfield, occupied_at
 from .sh import make_sh_func
 from .specs import (CHECKPOINT_NAME, T_THRESHOLD, HashGridSpec, MarchSpec,
                     OccupancySpec, checkpoint_path)
@@ -64,6 +62,14 @@ DEFAULT_DENSITY_THRESHOLD = 2.0
 # normal(): central-difference step as a fraction of the model box side. Finer
 # steps see the hash grid's high-frequency noise; coarser ones round corners.
 NORMAL_STEP_FRACTION = 1.0 / 256.0
+
+
+@ti.dataclass
+class _Accumulated:
+    """march()'s running sums along a ray: transmittance, premultiplied colour, weighted t."""
+    T: ti.f32
+    colour: ti.math.vec3
+    depth: ti.f32
 
 
 @ti.data_oriented
@@ -113,7 +119,7 @@ class NerfScene:
 
         # ---- MLPs: one field per weight and bias (torch.nn.Linear layout, (out, in))
         nets = [_linear_layers(arrays, "field/density_net."),
-                _linear_layers(arrays, "field/color_net.")]
+                color_layers(arrays)]
         if not nets[0] or not nets[1]:
             raise ValueError("checkpoint has no field/density_net.* or field/color_net.* weights")
         self._weights: List[List] = []
@@ -156,7 +162,8 @@ class NerfScene:
 
         self.threshold = ti.field(ti.f32, shape=())
         self.threshold[None] = float(density_threshold)
-        self._step_size, _, self._cell_exit_t = make_march_funcs(self.occ, self.march_spec)
+        # the batch marcher's walk: the same samples as the renderer's, by construction
+        self._walk_ray = make_march_funcs(self.occ, self.march_spec).walk_ray
 
     # ------------------------------------------------------------------ python side
     @classmethod
@@ -258,45 +265,28 @@ class NerfScene:
         return ti.Vector([h[0], h[1], h[2]])
 
     @ti.func
+    def _composite_sample(self, ctx: ti.template(), n, t_mid, dt, p, d):
+        """walk_ray's callback for march / march_depth: ctx = (_Accumulated, with_colour);
+        True (stop) once the transmittance is below the renderer's T_THRESHOLD."""
+        acc, with_colour = ti.static(ctx)  # static: aliases, where a plain assignment copies
+        geo = self._geo(p)
+        w, T_next = accumulate_sample(acc.T, ti.exp(geo[0]), dt)
+        if ti.static(with_colour):
+            acc.colour += w * self._colour(geo, d)
+        acc.depth += w * t_mid
+        acc.T = T_next
+        return acc.T < T_THRESHOLD
+
+    @ti.func
     def _march(self, o_world, d_world, with_colour: ti.template()):
         """Shared body of march / march_depth (model-space walk, world-unit depth)."""
-        C, R = ti.static(self.occ.n_cascades, self.occ.resolution)
-        lo, hi = ti.static(self.occ.aabb)
         o = self._to_model(o_world)
         d = d_world / ti.max(d_world.norm(), 1e-12)
-        t_near, t_far = ray_aabb(o, d, ti.Vector([lo[0], lo[1], lo[2]]),
-                                 ti.Vector([hi[0], hi[1], hi[2]]))
-        t = ti.max(t_near, ti.static(self.march_spec.near))
-        inv_d = safe_inv(d)
-        T = 1.0
-        colour = ti.Vector([0.0, 0.0, 0.0])
-        depth = 0.0
-        n = 0
-        while n < ti.static(self.march_spec.max_samples):
-            dt = self._step_size(t)
-            if t + 0.5 * dt >= t_far:
-                break
-            p = o + (t + 0.5 * dt) * d
-            c = ti.max(cascade_of(p, C), 0)
-            # a step larger than this cascade's cell uses the coarser cascade (march.py)
-            while c < C - 1 and dt * R > ti.cast(1 << c, ti.f32):
-                c += 1
-            if is_occupied(self.bitfield, cell_index(c, cell_coords(p, c, R), R)):
-                geo = self._geo(p)
-                w, T_next = accumulate_sample(T, ti.exp(geo[0]), dt)
-                if ti.static(with_colour):
-                    colour += w * self._colour(geo, d)
-                depth += w * (t + 0.5 * dt)
-                T = T_next
-                n += 1
-                t += dt
-                if T < T_THRESHOLD:
-                    break
-            else:
-                # skip the empty cell in whole steps: samples stay on the renderer's lattice
-                t_exit = self._cell_exit_t(o, inv_d, p, c, t)
-                t += ti.max(ti.ceil((t_exit - t) / dt), 1.0) * dt
-        return colour, depth * self._inv_scale, 1.0 - T
+        acc = _Accumulated(T=1.0, colour=ti.Vector([0.0, 0.0, 0.0]), depth=0.0)
+        # jitter 0: rendering starts at the near point, as the renderer's march_rays(jitter=None)
+        self._walk_ray(o, d, 0.0, self.bitfield, ti.static(self.march_spec.max_samples),
+                       self._composite_sample, (acc, with_colour))
+        return acc.colour, acc.depth * self._inv_scale, 1.0 - acc.T
 
     # ------------------------------------------------------------------ public @ti.funcs
     @ti.func
