@@ -27,6 +27,23 @@ def _linear_layers(arrays: Dict[str, np.ndarray], prefix: str) -> List[Tuple[np.
     return [(arrays[f"{prefix}{i}.weight"], arrays[f"{prefix}{i}.bias"]) for i in idx]
 
 
+def color_layers(arrays: Dict[str, np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(weight (out, in), bias (out,)) of the colour MLP's layers; with per-image appearance
+    codes (field/appearance (N, A)), the mean code is folded into the first layer's bias, so
+    renderers here see the same MLP as the training renderer does for a new view."""
+    layers = _linear_layers(arrays, "field/color_net.")
+    codes = arrays.get("field/appearance")
+    if codes is None or not layers:
+        return layers
+    a = codes.shape[1]
+    w, b = (np.asarray(v, np.float64) for v in layers[0])
+    if codes.ndim != 2 or w.shape[1] <= a:
+        raise ValueError(f"field/appearance {codes.shape} does not fit the colour MLP's first "
+                         f"layer {w.shape}")
+    b = b + w[:, -a:] @ np.asarray(codes, np.float64).mean(0)
+    return [(w[:, :-a].astype(np.float32), b.astype(np.float32))] + layers[1:]
+
+
 @ti.kernel
 def _to_unit(pos: ti.types.ndarray(dtype=ti.f32, ndim=2), lo: ti.f32, inv_size: ti.f32,
              out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
@@ -58,7 +75,7 @@ class NerfModel:
         self.density_layers = [(self._upload(w), self._upload(b))
                                for w, b in _linear_layers(arrays, "field/density_net.")]
         self.color_layers = [(self._upload(w), self._upload(b))
-                             for w, b in _linear_layers(arrays, "field/color_net.")]
+                             for w, b in color_layers(arrays)]
         self.bitfield = ti.ndarray(ti.i32, shape=(self.occ.n_words,))
         self.bitfield.from_numpy(checkpoint_bitfield(config, arrays))
         lo, hi = self.occ.aabb
