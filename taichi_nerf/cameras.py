@@ -17,7 +17,7 @@ import torch
 
 from taichi_nerf import runtime
 from taichi_nerf.kernels import camera as camera_k
-from taichi_nerf.ops import check_tensor
+from taichi_nerf.ops import check_tensor, checks_values
 
 REFERENCE_NEWTON_ITERS = 20
 
@@ -32,7 +32,10 @@ def _check_cameras(intrinsics: torch.Tensor, distortion: torch.Tensor, c2w: torc
         raise ValueError(f"c2w must have shape ({n}, 3, 4) or ({n}, 4, 4), got {tuple(c2w.shape)}")
     if n == 0:
         raise ValueError("no cameras: intrinsics has 0 rows")
-    # N is small (one row per camera), so these checks cost nothing next to the rays.
+    # N is small (one row per camera), so the reads are cheap, but on a GPU each one is a
+    # host sync in every training step: see ops.CHECK_DEVICE_VALUES
+    if not all(checks_values(t) for t in (intrinsics, distortion, c2w)):
+        return n
     if not bool(torch.isfinite(intrinsics).all() and torch.isfinite(distortion).all()
                 and torch.isfinite(c2w).all()):
         raise ValueError("intrinsics, distortion and c2w must be finite")
@@ -45,11 +48,13 @@ def _check_rays(pix: torch.Tensor, cam_index: torch.Tensor, n_cams: int,
                 dtype: torch.dtype) -> None:
     check_tensor(pix, "pixel coordinates", (None, 2), dtype)
     check_tensor(cam_index, "camera indices", (pix.shape[0],), torch.int32)
-    if cam_index.numel():
-        lo, hi = torch.aminmax(cam_index)
-        if lo.item() < 0 or hi.item() >= n_cams:
+    # unchecked (GPU, see ops.CHECK_DEVICE_VALUES) indices must be valid: the kernel reads
+    # camera cam_index[r] unguarded; the trainer's come from randint over its images
+    if cam_index.numel() and checks_values(cam_index):
+        lo, hi = (int(v) for v in torch.aminmax(cam_index))
+        if lo < 0 or hi >= n_cams:
             raise ValueError(f"camera indices must lie in [0, {n_cams}), got values in "
-                             f"[{lo.item()}, {hi.item()}]")
+                             f"[{lo}, {hi}]")
 
 
 def generate_rays(pix: torch.Tensor, cam_index: torch.Tensor, intrinsics: torch.Tensor,

@@ -84,11 +84,16 @@ def sparse_depth_loss(sigma: torch.Tensor, t: torch.Tensor, dt: torch.Tensor, ra
     n = depth.shape[0]
     if n == 0:
         return sigma.sum() * 0.0
-    m = int(rays[n - 1, 0]) + int(rays[n - 1, 1])  # samples are packed ray by ray
-    w = sample_weights(sigma[:m], dt[:m], rays[:n], ray_index[:m])
-    d = depth[ray_index[:m].long()]
+    # The first D rays' samples are a prefix of the packed samples, but its length is on the
+    # device: slicing to it would cost a host sync per step on a GPU. So every sample's
+    # weight is computed (a ray's weights depend on its own samples only) and the samples of
+    # the other rays are masked out: ~1.7 ms more per step at 65k samples on one CPU thread.
+    ri = ray_index.long()
+    w = sample_weights(sigma, dt, rays, ray_index)
+    d = depth[ri.clamp(max=n - 1)]
+    depth_ray = ri < n
     # per ray: sum w [t < d(1-tol)] + 0.5 (1 - sum w [t <= d(1+tol)]); the mean over rays of
     # per-ray sums is one sum over their samples
-    front = (t[:m] < d * (1.0 - tolerance)).to(w.dtype)
-    reach = (t[:m] <= d * (1.0 + tolerance)).to(w.dtype)
+    front = ((t < d * (1.0 - tolerance)) & depth_ray).to(w.dtype)
+    reach = ((t <= d * (1.0 + tolerance)) & depth_ray).to(w.dtype)
     return (w * (front - 0.5 * reach)).sum() / n + 0.5

@@ -22,6 +22,21 @@ from taichi_nerf.kernels.rays import ray_aabb_kernel
 from taichi_nerf.kernels.sh import sh_kernels
 from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
 
+# Value checks (ranges, indices, finiteness) read a tensor's contents on the host. For a CPU
+# tensor that is a plain memory read; for a CUDA tensor each one waits until the GPU has run
+# all queued work (a host sync), several per training step. So they run on CPU tensors only
+# (where the cpu, vulkan and metal archs keep torch's tensors): tests and CPU users keep the
+# clear errors, while a CUDA step only waits where it must (march_rays' sample count).
+# Set CHECK_DEVICE_VALUES = True to run them on GPU tensors too while debugging. Checks of
+# shape, dtype and device read metadata only and always run.
+CHECK_DEVICE_VALUES = False
+
+
+def checks_values(x: torch.Tensor) -> bool:
+    """True when value checks may read x: x is on the CPU or CHECK_DEVICE_VALUES is set."""
+    return x.device.type == "cpu" or CHECK_DEVICE_VALUES
+
+
 def check_tensor(x: torch.Tensor, name: str, shape: Tuple[Optional[int], ...],
                  dtype: torch.dtype = torch.float32) -> None:
     """Raise ValueError unless x is a contiguous tensor of `dtype` whose shape matches (None = any)."""
@@ -111,12 +126,12 @@ def hash_encode(pos: torch.Tensor, table: torch.Tensor, spec: HashGridSpec,
     check_tensor(pos, "positions", (None, 3))
     check_tensor(table, "hash table", (spec.n_params, spec.n_features))
     _same_device(pos, table)
-    if check_range and pos.numel():
-        lo, hi = torch.aminmax(pos.detach())
-        if lo.item() < 0.0 or hi.item() > 1.0:
+    # unchecked (GPU) positions stay memory-safe: the kernels clamp them into [0, 1]^3
+    if check_range and pos.numel() and checks_values(pos):
+        lo, hi = (float(v) for v in torch.aminmax(pos.detach()))
+        if lo < 0.0 or hi > 1.0:
             raise ValueError(f"positions must lie in [0, 1]^3 (got values in "
-                             f"[{lo.item():.4g}, {hi.item():.4g}]); map them into the unit "
-                             f"box first")
+                             f"[{lo:.4g}, {hi:.4g}]); map them into the unit box first")
     return _HashEncode.apply(pos, table, spec)
 
 
@@ -204,7 +219,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tenso
     k.count(rays_o, rays_d, jitter, bitfield, counts)
     ends = torch.cumsum(counts, 0, dtype=torch.int32)
     starts = ends - counts
-    M = int(ends[-1].item()) if R else 0
+    M = int(ends[-1].item()) if R else 0  # the one host sync: the outputs' size
     t = torch.empty(M, dtype=torch.float32, device=dev)
     dt = torch.empty(M, dtype=torch.float32, device=dev)
     pos = torch.empty(M, 3, dtype=torch.float32, device=dev)
@@ -263,9 +278,10 @@ def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, ts: torch.Tensor, dts: t
     check_tensor(rays, "rays", (None, 2), torch.int32)
     check_tensor(bg, "background", (rays.shape[0], 3))
     _same_device(sigmas, rgbs, ts, dts, rays, bg)
-    if rays.shape[0]:
-        end = (rays[:, 0].long() + rays[:, 1].long()).max().item()
-        if rays.min().item() < 0 or end > M:
+    # unchecked (GPU, see CHECK_DEVICE_VALUES) rays must be valid: march_rays' are
+    if rays.shape[0] and checks_values(rays):
+        end = int((rays[:, 0].long() + rays[:, 1].long()).max())
+        if int(rays.min()) < 0 or end > M:
             raise ValueError(f"rays (start, count) must index inside the {M} samples "
                              f"(largest start+count is {end})")
     return _Composite.apply(sigmas, rgbs, ts, dts, rays, bg, t_threshold)
