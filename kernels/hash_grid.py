@@ -161,8 +161,8 @@ class HashGridKernels:
     """Compiled hash-grid kernels for one spec (get them with :func:`hash_grid_kernels`).
 
     - ``forward(pos (N,3), table (P,F), out (N,L*F))``: plain forward, any arch.
-    - ``forward_ad`` / ``forward_ad_pos``: same body with ``needs_grad`` annotations,
-      for ``kernel.grad`` on cpu/cuda (table grad; table and position grads).
+    - ``forward_ad_pos``: same body with ``needs_grad`` annotations, for ``kernel.grad``
+      on cpu/cuda (table and position gradients).
     - ``table_grad_by_level(pos, grad_out, grad_table)``: hand-written table gradient
       (accumulates into grad_table) with one task per level, so no two threads touch
       the same row and the adds need no atomics: the fast path on the CPU.
@@ -191,13 +191,6 @@ class HashGridKernels:
         def forward(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
                     table: ti.types.ndarray(dtype=ti.f32, ndim=2),
                     out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-            for i in range(pos.shape[0]):
-                encode_point(pos, table, out, i)
-
-        @ti.kernel
-        def forward_ad(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                       table: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True),
-                       out: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True)):
             for i in range(pos.shape[0]):
                 encode_point(pos, table, out, i)
 
@@ -254,7 +247,6 @@ class HashGridKernels:
 
         self.encode_point = encode_point
         self.forward = forward
-        self.forward_ad = forward_ad
         self.forward_ad_pos = forward_ad_pos
         self.table_grad_by_level = table_grad_by_level
         self.table_grad_atomic = table_grad_atomic

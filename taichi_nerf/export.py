@@ -29,7 +29,7 @@ import torch
 from taichi_nerf.atomic import atomic_file, atomic_write_json
 from taichi_nerf.camera_paths import CameraPath
 from taichi_nerf.data.scene import SceneTransform, to_model_space
-from taichi_nerf.kernels.occupancy import axis_cascade, axis_cell, point_cell_index
+from taichi_nerf.kernels.occupancy import axis_cascade, axis_cell
 
 DEFAULT_RESOLUTION = 256
 MAX_RESOLUTION = 1024        # 1024^3 float32 samples = 4 GiB; marching cubes needs about as much again
@@ -68,17 +68,6 @@ def occupied_cells(grid, dilate: int = 1) -> torch.Tensor:
         occ = torch.nn.functional.max_pool3d(occ.float()[:, None], k, stride=1,
                                              padding=dilate)[:, 0] > 0
     return occ
-
-
-def occupancy_mask_fn(grid, dilate: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Function model points (K,3) -> bool (K,): inside an occupied cell (dilated by `dilate` cells)."""
-    occ = occupied_cells(grid, dilate).reshape(-1)
-    n, res = grid.spec.n_cascades, grid.spec.resolution
-
-    def mask(pts: torch.Tensor) -> torch.Tensor:
-        idx = point_cell_index(pts.detach().cpu().numpy(), n, res)
-        return occ[torch.from_numpy(idx).to(occ.device)]
-    return mask
 
 
 def occupied_bounds(grid, pad_cells: int = 1) -> Tuple[np.ndarray, np.ndarray]:
@@ -318,25 +307,7 @@ def mesh_of_run(renderer, scene: SceneTransform, resolution: int = DEFAULT_RESOL
                         device=grid.density.device, progress=progress)
 
 
-# ---------------------------------------------------------------- mesh topology helpers
-def edge_face_counts(faces: np.ndarray) -> np.ndarray:
-    """How many faces share each undirected edge: (E,) counts (2 everywhere for a closed manifold)."""
-    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(e, axis=0, return_counts=True)
-    return counts
-
-
-def connected_components(n_vertices: int, faces: np.ndarray) -> np.ndarray:
-    """Component label (V,) int64 of each vertex, joining vertices that share a face."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as cc
-
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
-    g = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n_vertices, n_vertices))
-    return cc(g, directed=False)[1].astype(np.int64)
-
-
-# ---------------------------------------------------------------- writers / readers
+# ---------------------------------------------------------------- writers
 def write_ply(path: Union[str, os.PathLike], mesh: Mesh, binary: bool = True) -> None:
     """PLY (binary little-endian or ascii): float x y z, uchar red green blue, int vertex_indices."""
     path = Path(path)
@@ -406,57 +377,6 @@ def write_mesh(path: Union[str, os.PathLike], mesh: Mesh, binary: bool = True) -
         write_obj(path, mesh)
     else:
         raise ExportError(f"{path}: mesh file must end in .ply or .obj")
-
-
-def read_ply(path: Union[str, os.PathLike]) -> Mesh:
-    """Read a PLY written by :func:`write_ply` (binary little-endian or ascii, triangles)."""
-    data = Path(path).read_bytes()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    header = data[:end].decode("ascii").splitlines()
-    binary = any(line.startswith("format binary_little_endian") for line in header)
-    nv = int(next(l for l in header if l.startswith("element vertex")).split()[2])
-    nf = int(next(l for l in header if l.startswith("element face")).split()[2])
-    col = any(l == "property uchar red" for l in header)
-    if binary:
-        vt = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")] + (
-            [("r", "u1"), ("g", "u1"), ("b", "u1")] if col else [])
-        va = np.frombuffer(data, vt, nv, end)
-        fa = np.frombuffer(data, [("n", "u1"), ("i", "<i4", (3,))], nf,
-                           end + va.nbytes)
-        verts = np.stack([va["x"], va["y"], va["z"]], 1)
-        colors = np.stack([va["r"], va["g"], va["b"]], 1) if col else None
-        faces = fa["i"].astype(np.int64)
-    else:
-        rows = data[end:].decode("ascii").split("\n")
-        vrows = np.array([r.split() for r in rows[:nv]], np.float64).reshape(nv, -1)
-        verts = vrows[:, :3].astype(np.float32)
-        colors = vrows[:, 3:6].astype(np.uint8) if col else None
-        faces = np.array([r.split()[1:4] for r in rows[nv:nv + nf]], np.int64).reshape(nf, 3)
-    return Mesh(verts, faces, colors)
-
-
-def read_obj(path: Union[str, os.PathLike]) -> Mesh:
-    """Read vertices (with optional colours) and triangular faces of an OBJ written by :func:`write_obj`."""
-    verts, colors, faces = [], [], []
-    for line in Path(path).read_text().splitlines():
-        p = line.split()
-        if not p:
-            continue
-        if p[0] == "v":
-            verts.append([float(x) for x in p[1:4]])
-            if len(p) >= 7:
-                colors.append([float(x) for x in p[4:7]])
-        elif p[0] == "f":
-            faces.append([int(x.split("/")[0]) - 1 for x in p[1:4]])
-    c = (np.asarray(colors) * 255 + 0.5).astype(np.uint8) if len(colors) == len(verts) and colors \
-        else None
-    return Mesh(np.asarray(verts, np.float32).reshape(-1, 3),
-                np.asarray(faces, np.int64).reshape(-1, 3), c)
-
-
-def read_mesh(path: Union[str, os.PathLike]) -> Mesh:
-    """Read .ply or .obj by suffix."""
-    return read_ply(path) if Path(path).suffix.lower() == ".ply" else read_obj(path)
 
 
 # ---------------------------------------------------------------- depth

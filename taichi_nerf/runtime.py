@@ -32,11 +32,6 @@ class Runtime:
     generation: int
 
     @property
-    def zero_copy(self) -> bool:
-        """True where Taichi kernels read torch tensors in place (cpu/cpu, cuda/cuda)."""
-        return torch_shares_device(self.arch)
-
-    @property
     def ndarray_autodiff(self) -> bool:
         """True where Taichi 1.7.4 differentiates ndarray kernels correctly (cpu, cuda)."""
         return self.arch in ("cpu", "cuda")
