@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 BUILTIN = "builtin"
 DEFAULT_TIME = 150.0  # seconds: the built-in scene reaches >= 30 dB in this on 2 CPU cores
+MAX_APPEARANCE = 256  # floats per image; nerfacto uses 32
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -92,6 +93,10 @@ def train_config(steps: Optional[int] = None, time: Optional[float] = None, seed
     sd = config.get("sparse_depth")
     if sd is not None and not (sd >= 0 and math.isfinite(sd)):
         raise OptionError("sparse_depth", f"must be a finite weight >= 0, got {sd}")
+    ap = config.get("appearance")
+    if ap is not None and not (isinstance(ap, int) and 0 <= ap <= MAX_APPEARANCE):
+        raise OptionError("appearance", f"must be a whole number of floats in [0, "
+                                        f"{MAX_APPEARANCE}] (0: off), got {ap}")
     lt = config.get("log2_table")
     if lt is not None and not 4 <= lt <= MAX_LOG2_TABLE:
         raise OptionError("log2_table", f"must be in [4, {MAX_LOG2_TABLE}], got {lt}")
@@ -142,6 +147,9 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
     if progress:
         print(f"training on {root} ({fmt}, {len(train)} images {train.width}x{train.height}, "
               f"{len(val)} validation views) -> {out}")
+        if cfg.appearance:
+            print(f"appearance: a code of {cfg.appearance} floats per training image; "
+                  f"validation views use the mean code")
         if trainer.depth_obs is not None:
             print(f"sparse depth: {len(trainer.depth_obs)} keypoints with a triangulated point "
                   f"(weight {cfg.sparse_depth:g})")

@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight of the depth loss on rays through COLMAP's sparse points "
                         "(default %(default)s = the trainer's, 0 turns it off; data without "
                         "points is unaffected)")
+    t.add_argument("--appearance", type=int, default=None, metavar="N",
+                   help="learn a code of N floats per training image for exposure and white "
+                        "balance that differ between photos (e.g. 16); new views use the mean "
+                        "code (default 0: off)")
     _aabb_arg(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--view", action="store_true",
@@ -272,7 +276,8 @@ def _prepare_training(a: argparse.Namespace):
                                 resume=a.resume, aabb_scale=a.aabb_scale, arch=a.arch,
                                 progress=not a.quiet, print_arch=True,
                                 eval_every=a.eval_every, log2_table=a.log2_table,
-                                sparse_depth=getattr(a, "sparse_depth", None))
+                                sparse_depth=getattr(a, "sparse_depth", None),
+                                appearance=getattr(a, "appearance", None))
     except OptionError as e:
         raise _cli_option_error(e) from None
 
@@ -296,8 +301,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"done: {m['steps']} steps in {m['train_seconds']:.1f} s, "
           f"{m['samples_per_second'] / 1e3:.0f}k samples/s, "
           f"{m['mean_samples_per_ray']:.1f} samples/ray; validation PSNR {m['psnr']:.2f} dB, "
-          f"SSIM {m['ssim']:.4f} on {m['views']} views; wrote {out / 'metrics.json'}")
+          f"SSIM {m['ssim']:.4f} on {m['views']} views{_appearance(m)}; "
+          f"wrote {out / 'metrics.json'}")
     return 0
+
+
+def _appearance(m: dict) -> str:
+    """', appearance: mean of N training-image codes' when the run has per-image codes."""
+    return f", appearance: {m['appearance']}" if m.get("appearance") else ""
 
 
 def _load_run(run: Path):
@@ -328,7 +339,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         ds.background = __import__("numpy").asarray(cfg["background"], "float32")
     m = evaluate(renderer, ds, progress=not a.quiet, save_dir=a.save_images)
     print(f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['views']} views "
-          f"({m['seconds_per_view']:.2f} s/view, {rt.arch})")
+          f"({m['seconds_per_view']:.2f} s/view, {rt.arch}){_appearance(m)}")
     if a.json:
         try:
             write_json(a.json, m)

@@ -42,6 +42,10 @@ class FieldConfig:
     geo_features: int = 16      # density MLP outputs: log density + 15 features
     color_hidden_layers: int = 2
     sh_degree: int = 4
+    # per-image appearance code (NeRF-W, nerfacto) appended to the colour MLP's input:
+    # n_images codes of appearance_dim floats; 0 turns it off
+    appearance_dim: int = 0
+    n_images: int = 0
 
     def to_dict(self) -> dict:
         """Plain-JSON form for checkpoints."""
@@ -73,8 +77,14 @@ class NGPField(nn.Module):
         self.config = config
         self.grid = ops.HashGrid(config.grid, generator=generator)
         self.density_net = _mlp(config.grid.out_dim, config.hidden, 1, config.geo_features)
-        self.color_net = _mlp(config.geo_features + sh_dim(config.sh_degree), config.hidden,
+        self.color_net = _mlp(config.geo_features + sh_dim(config.sh_degree)
+                              + config.appearance_dim, config.hidden,
                               config.color_hidden_layers, 3)
+        if config.appearance_dim > 0:
+            if config.n_images < 1:
+                raise ValueError("appearance_dim > 0 needs n_images >= 1")
+            # zeros: every image starts with the appearance a held-out view gets (the mean)
+            self.appearance = nn.Parameter(torch.zeros(config.n_images, config.appearance_dim))
         # weight of each hash level's features (coarse-to-fine training ramps them 0 -> 1);
         # a buffer, so checkpoints carry it and every renderer encodes alike
         self.register_buffer("level_weights", torch.ones(config.grid.n_levels))
@@ -110,11 +120,26 @@ class NGPField(nn.Module):
         self._all_levels = bool((state_dict["level_weights"] >= 1).all())
         return out
 
-    def forward(self, pos: torch.Tensor, dirs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """pos (M,3) in [0,1], dirs (M,3) unit -> sigma (M,), rgb (M,3)."""
+    def appearance_codes(self, image: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+        """Codes (n, appearance_dim) of training images `image` (n,) int, or the mean code
+        (views that are not training images) when image is None; None without appearance."""
+        if self.config.appearance_dim == 0:
+            return None
+        if image is None:
+            return self.appearance.mean(0, keepdim=True).expand(n, -1)
+        return self.appearance[image.long()]
+
+    def forward(self, pos: torch.Tensor, dirs: torch.Tensor,
+                image: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """pos (M,3) in [0,1], dirs (M,3) unit, image (M,) training-image index of each
+        sample or None (mean appearance) -> sigma (M,), rgb (M,3)."""
         sigma, h = self.density(pos)
         sh = ops.sh_encode(dirs, self.config.sh_degree)                 # [M, D^2]
-        rgb = torch.sigmoid(self.color_net(torch.cat([h, sh], dim=-1)))  # [M, 3]
+        inputs = [h, sh]
+        codes = self.appearance_codes(image, pos.shape[0])
+        if codes is not None:
+            inputs.append(codes)
+        rgb = torch.sigmoid(self.color_net(torch.cat(inputs, dim=-1)))  # [M, 3]
         return sigma, rgb
 
     def mlp_parameters(self):

@@ -35,13 +35,15 @@ class Renderer:
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, bg: torch.Tensor,
                     max_samples: Optional[int] = None,
                     jitter: Optional[torch.Tensor] = None,
-                    near_grad_distance: float = 0.0) -> Dict[str, torch.Tensor]:
+                    near_grad_distance: float = 0.0,
+                    image: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """rays (R,3) model space, bg (R,3) -> rgb (R',3), depth (R',) model units, opacity (R',),
         n_samples, n_used (R',) samples before termination, n_rays = R'. With `max_samples`,
         only the first R' rays whose samples fit are rendered (at least one): a batch never
         balloons when the occupancy grid changes. jitter (R,): start offsets (training).
         near_grad_distance > 0: gradients of samples nearer than that (model units) shrink
-        as (t / distance)^2 (training)."""
+        as (t / distance)^2 (training). image (R,): training-image index of each ray, for
+        the field's appearance codes (None: the mean code, as for any new view)."""
         s = ops.march_rays(rays_o, rays_d, self.grid.bitfield, self.grid.spec, self.march, jitter)
         n_rays = rays_o.shape[0]
         if max_samples is not None and s.n_samples > max_samples:
@@ -52,7 +54,8 @@ class Renderer:
             s = ops.PackedSamples(s.t[:m], s.dt[:m], s.positions[:m], s.dirs[:m],
                                   s.ray_index[:m], s.rays[:n_rays])
             bg = bg[:n_rays]
-        sigma, rgb = self.field(self.to_unit(s.positions), s.dirs)
+        per_sample = None if image is None else image[s.ray_index.long()]
+        sigma, rgb = self.field(self.to_unit(s.positions), s.dirs, per_sample)
         if near_grad_distance > 0:
             # a point near the lens covers many pixels of one view and gets their gradients
             # summed; without the scale, photos grow floaters right in front of the cameras

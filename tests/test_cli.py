@@ -217,6 +217,13 @@ def test_train_bad_sparse_depth(data, tmp_path, capsys, value):
     assert_one_line_error(rc, err, "train", "--sparse-depth", f"got {value}")
 
 
+@pytest.mark.parametrize("value", ["-1", "257"])
+def test_train_bad_appearance(data, tmp_path, capsys, value):
+    rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
+                     "--appearance", value, *FAST)
+    assert_one_line_error(rc, err, "train", "--appearance", f"got {value}")
+
+
 @pytest.mark.parametrize("value", ["3", "0", "256"])
 def test_train_bad_aabb_scale(data, tmp_path, capsys, value):
     rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
