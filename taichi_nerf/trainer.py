@@ -132,6 +132,17 @@ def pixel_angle(intrinsics: np.ndarray) -> float:
     return 1.0 / float(np.min(np.asarray(intrinsics)[:, :2]))
 
 
+def adam(groups, lr: float) -> torch.optim.Adam:
+    """instant-ngp's Adam (betas 0.9/0.99, eps 1e-15); fused where torch has it for the device:
+    the step over the hash table (millions of floats) is memory-bound, and the fused kernel
+    reads each float once instead of once per elementwise op (2x faster on a 2-core CPU)."""
+    kw = dict(lr=lr, betas=(0.9, 0.99), eps=1e-15)
+    try:
+        return torch.optim.Adam(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # torch or device without a fused Adam
+        return torch.optim.Adam(groups, **kw)
+
+
 def _specs(cfg: TrainConfig, aabb_scale: int, angle: float):
     grid = HashGridSpec(n_levels=cfg.n_levels, n_features=2, log2_table=cfg.log2_table,
                         base_resolution=16,
@@ -161,11 +172,10 @@ class Trainer:
                                   max_cells_per_update=config.occ_cells_per_update)
         self.renderer = Renderer(self.field, self.grid, march)
         weights, biases = self.field.mlp_parameters()
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = adam(
             [{"params": [self.field.grid.table], "weight_decay": 0.0},
              {"params": weights, "weight_decay": config.weight_decay},
-             {"params": biases, "weight_decay": 0.0}],
-            lr=config.lr, betas=(0.9, 0.99), eps=1e-15)
+             {"params": biases, "weight_decay": 0.0}], config.lr)
         if field_cfg.appearance_dim:
             self.optimizer.add_param_group({"params": [self.field.appearance], "weight_decay": 0.0})
         self.step = 0

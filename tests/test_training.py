@@ -139,3 +139,25 @@ def test_near_gradient_scale_reaches_the_field(scene_dir, cpu_runtime):
     ratio = grads[1e3].abs().sum() / grads[0.0].abs().sum()
     # every factor is below (t_max / 1e3)^2 ~ 1e-5; a sum of scaled terms stays that small
     assert (t_max / 1e3) ** 2 < 1e-4 and 0 < ratio < 1e-4
+
+
+def test_adam_is_instant_ngps_adam(gen):
+    """The trainer's (fused where available) Adam takes the steps of torch's reference Adam
+    with instant-ngp's settings, weight decay per group included."""
+    from taichi_nerf.trainer import adam
+    init = [torch.randn(1000, 2, generator=gen), torch.randn(16, 8, generator=gen)]
+    grads = [[torch.randn_like(p) for p in init] for _ in range(5)]
+    runs = []
+    for make in (lambda g: adam(g, 1e-2),
+                 lambda g: torch.optim.Adam(g, lr=1e-2, betas=(0.9, 0.99), eps=1e-15,
+                                            foreach=False)):
+        ps = [torch.nn.Parameter(p.clone()) for p in init]
+        opt = make([{"params": [ps[0]], "weight_decay": 0.0},
+                    {"params": [ps[1]], "weight_decay": 1e-3}])
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        runs.append([p.detach() for p in ps])
+    for a, b in zip(*runs):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
