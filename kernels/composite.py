@@ -15,17 +15,14 @@ kernel is tested against the float64 torch reference.
 """
 import taichi as ti
 
+from .rays import row3
+
 
 @ti.func
 def accumulate_sample(T, sigma, dt):
     """One compositing step: returns (weight, transmittance after the sample)."""
     alpha = 1.0 - ti.exp(-sigma * dt)
     return T * alpha, T * (1.0 - alpha)
-
-
-@ti.func
-def _ray_vec(a: ti.template(), r):
-    return ti.Vector([a[r, 0], a[r, 1], a[r, 2]])
 
 
 @ti.kernel
@@ -50,13 +47,13 @@ def composite_forward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
         while n < count:
             s = start + n
             w, T = accumulate_sample(T, sigmas[s], dts[s])
-            c += w * _ray_vec(rgbs, s)
+            c += w * row3(rgbs, s)
             depth += w * ts[s]
             n += 1
             if T < t_threshold:
                 break
         opacity = 1.0 - T
-        c += T * _ray_vec(bg, r)
+        c += T * row3(bg, r)
         for a in ti.static(range(3)):
             out_rgb[r, a] = c[a]
         out_depth[r] = depth
@@ -90,16 +87,16 @@ def composite_backward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
     """
     for r in range(rays.shape[0]):
         start, count, n = rays[r, 0], rays[r, 1], n_used[r]
-        g = _ray_vec(grad_rgb, r)
-        b = _ray_vec(bg, r)
+        g = row3(grad_rgb, r)
+        b = row3(bg, r)
         gd, go = grad_depth[r], grad_opacity[r]
-        total = g.dot(_ray_vec(out_rgb, r) - b) + gd * out_depth[r] + go * out_opacity[r]
+        total = g.dot(row3(out_rgb, r) - b) + gd * out_depth[r] + go * out_opacity[r]
         T = 1.0
         prefix = 0.0
         for k in range(n):
             s = start + k
             w, T_next = accumulate_sample(T, sigmas[s], dts[s])
-            v = g.dot(_ray_vec(rgbs, s) - b) + gd * ts[s] + go
+            v = g.dot(row3(rgbs, s) - b) + gd * ts[s] + go
             prefix += w * v
             grad_sigmas[s] = dts[s] * (T_next * v - (total - prefix))
             for a in ti.static(range(3)):

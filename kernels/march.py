@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import taichi as ti
 
 from .occupancy import cascade_of, cell_coords, cell_index, is_occupied
-from .rays import ray_aabb, safe_inv
+from .rays import ray_aabb, row3, safe_inv
 from .specs import MarchSpec, OccupancySpec
 
 
@@ -163,10 +163,8 @@ class MarchKernels:
                   bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1),
                   counts: ti.types.ndarray(dtype=ti.i32, ndim=1)):
             for r in range(rays_o.shape[0]):
-                o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
-                d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
-                counts[r] = march_ray(o, d, jitter[r], bitfield, False, 0, max_samples, counts,
-                                      counts, counts, counts)
+                counts[r] = march_ray(row3(rays_o, r), row3(rays_d, r), jitter[r], bitfield, False,
+                                      0, max_samples, counts, counts, counts, counts)
 
         @ti.kernel
         def fill(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -181,11 +179,9 @@ class MarchKernels:
                  out_dir: ti.types.ndarray(dtype=ti.f32, ndim=2),
                  ray_index: ti.types.ndarray(dtype=ti.i32, ndim=1)):
             for r in range(rays_o.shape[0]):
-                o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
-                d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
                 base = offsets[r]
-                n = march_ray(o, d, jitter[r], bitfield, True, base, counts[r], out_t, out_dt,
-                              out_pos, out_dir)
+                n = march_ray(row3(rays_o, r), row3(rays_d, r), jitter[r], bitfield, True, base,
+                              counts[r], out_t, out_dt, out_pos, out_dir)
                 for k in range(n):
                     ray_index[base + k] = r
 

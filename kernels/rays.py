@@ -1,4 +1,4 @@
-"""Ray-AABB intersection: @ti.func building block and batch kernel."""
+"""Ray-AABB intersection (@ti.func building block and batch kernel), and reading a ray's row."""
 import taichi as ti
 
 RAY_EPS = 1e-12
@@ -14,6 +14,13 @@ def safe_inv(d):
             dk = RAY_EPS if dk >= 0.0 else -RAY_EPS
         inv[k] = 1.0 / dk
     return inv
+
+
+@ti.func
+def row3(a: ti.template(), r):
+    """Row r of an (N, 3) array as a vec3: how every batch kernel reads a ray's origin or
+    direction (or a sample's colour) from its ndarray arguments."""
+    return ti.Vector([a[r, 0], a[r, 1], a[r, 2]])
 
 
 @ti.func
@@ -37,8 +44,6 @@ def ray_aabb_kernel(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
     lo = ti.Vector([box[0], box[1], box[2]])
     hi = ti.Vector([box[3], box[4], box[5]])
     for r in range(rays_o.shape[0]):
-        o = ti.Vector([rays_o[r, 0], rays_o[r, 1], rays_o[r, 2]])
-        d = ti.Vector([rays_d[r, 0], rays_d[r, 1], rays_d[r, 2]])
-        tn, tf = ray_aabb(o, d, lo, hi)
+        tn, tf = ray_aabb(row3(rays_o, r), row3(rays_d, r), lo, hi)
         t_near[r] = tn
         t_far[r] = tf
