@@ -42,11 +42,17 @@ def atomic_file(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     _fsync_dir(folder)
 
 
-def atomic_write_json(path: PathLike, data: Any, indent: int = 2) -> None:
-    """Write `data` as JSON (plus a final newline) to `path` atomically."""
-    text = json.dumps(data, indent=indent) + "\n"  # a TypeError here leaves no file behind
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write the str `text` to `path` as UTF-8, atomically."""
     with atomic_file(path, "w") as f:
         f.write(text)
+
+
+def atomic_write_json(path: PathLike, data: Any, indent: int = 2, default: Any = None) -> None:
+    """Write `data` as JSON (plus a final newline) to `path` atomically; `default` as in
+    json.dumps (e.g. str for values JSON has no type for)."""
+    # serialised first: a TypeError here leaves no file behind
+    atomic_write_text(path, json.dumps(data, indent=indent, default=default) + "\n")
 
 
 def _fsync_dir(folder: str) -> None:

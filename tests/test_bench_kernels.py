@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from taichi_nerf import reference, runtime
+from taichi_nerf.bench import kernels as bench_kernels
 from taichi_nerf.bench.kernels import (check_result, format_markdown, half_full_occupancy,
                                        op_keys, pack_bitfield, run_kernel_benchmark)
 from taichi_nerf.kernels.specs import OccupancySpec
@@ -93,3 +94,14 @@ def test_occupancy_pattern_roundtrips():
     # blocky: an 8^3 block is all one value
     grid = occupied.view(32, 32, 32)
     assert grid[:8, :8, :8].all() or not grid[:8, :8, :8].any()
+
+
+def test_json_file_is_written_whole(quick_result, tmp_path, monkeypatch, capsys):
+    """--json FILE: the result as JSON, through a temporary file (no partial file, no leftovers)."""
+    monkeypatch.setattr(bench_kernels, "run_kernel_benchmark", lambda *a, **k: quick_result)
+    out = tmp_path / "bench.json"
+    out.write_text("an older result")
+    assert bench_kernels.main(["--quick", "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(json.dumps(quick_result, default=str))
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+    capsys.readouterr()

@@ -101,6 +101,24 @@ def test_stale_cache_is_rendered_again(cpu, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+def test_failed_marker_write_keeps_the_old_marker(tmp_path, monkeypatch):
+    """The marker means "complete": a write that fails part-way leaves the previous one whole."""
+    import os
+
+    monkeypatch.setattr(builtin, "_write_blender", lambda *a, **k: None)  # no rendering
+    marker = tmp_path / builtin.MARKER_NAME
+    marker.write_text('{"fingerprint": "previous"}')
+
+    def fail(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        builtin.write_builtin_scene(tmp_path, 8, progress=False)
+    assert json.loads(marker.read_text()) == {"fingerprint": "previous"}
+    assert [p.name for p in tmp_path.iterdir()] == [builtin.MARKER_NAME]
+
+
 def test_cache_root_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TAICHI_NERF_CACHE", str(tmp_path))
     assert builtin.builtin_scene_path(64) == tmp_path / f"builtin-v{builtin.SCENE_VERSION}-64"

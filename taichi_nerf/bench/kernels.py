@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from taichi_nerf import ops, reference, runtime
+from taichi_nerf.atomic import atomic_write_json
 from taichi_nerf.bench.common import (CONTENDED_US, finite_positive, fmt_rate, load_average,
                                       log2_str, machine_info, measure, progress_line,
                                       small_op_latency_us)
@@ -467,13 +468,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     except runtime.ArchUnavailableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        text = json.dumps(result, indent=2, default=str)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+    if args.json == "-":
+        print(json.dumps(result, indent=2, default=str))
+    elif args.json:
+        atomic_write_json(args.json, result, default=str)
     if args.markdown:
         print(format_markdown(result))
     problems = check_result(result)

@@ -26,6 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import taichi as ti
 
+from taichi_nerf.atomic import atomic_write_json
+
 # Bump when the scene, cameras or renderer change in a way that alters the
 # images; the fingerprint below also catches edits that forget to bump it.
 SCENE_VERSION = 1
@@ -634,7 +636,7 @@ def write_builtin_scene(out_dir: os.PathLike, resolution: int = DEFAULT_RESOLUTI
     if variant == DEFAULT_VARIANT:
         marker.update({"world_up": [0, 0, 1],
                        "primitives": [dataclasses.asdict(p) for p in PRIMITIVES]})
-    (out / MARKER_NAME).write_text(json.dumps(marker, indent=2))
+    atomic_write_json(out / MARKER_NAME, marker)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -660,7 +662,7 @@ def _write_blender(out: Path, resolution: int, progress: bool) -> None:
                                "transform_matrix": c2w.tolist()})
                 bar.update(1)
             meta = {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}
-            (out / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2))
+            atomic_write_json(out / f"transforms_{split}.json", meta)
 
 
 def ensure_builtin_scene(resolution: int = DEFAULT_RESOLUTION,

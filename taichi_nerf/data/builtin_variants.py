@@ -20,6 +20,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from taichi_nerf.atomic import atomic_file, atomic_write_text
 from taichi_nerf.camera_paths import rotation_to_quat
 
 from . import builtin
@@ -169,9 +170,9 @@ def write_colmap_text(out: Path, poses: np.ndarray, names: Sequence[str], focal:
     folder = out / "sparse" / "0"
     folder.mkdir(parents=True, exist_ok=True)
     c = resolution / 2
-    (folder / "cameras.txt").write_text(
-        "# CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]\n"
-        f"1 PINHOLE {resolution} {resolution} {focal!r} {focal!r} {c!r} {c!r}\n")
+    atomic_write_text(folder / "cameras.txt",
+                      "# CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]\n"
+                      f"1 PINHOLE {resolution} {resolution} {focal!r} {focal!r} {c!r} {c!r}\n")
     lines = ["# IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME", "# POINTS2D[] as (X, Y, POINT3D_ID)"]
     gl_to_cv = np.diag([1.0, -1.0, -1.0])
     for i, (c2w, name) in enumerate(zip(poses, names), 1):
@@ -180,7 +181,7 @@ def write_colmap_text(out: Path, poses: np.ndarray, names: Sequence[str], focal:
         q = rotation_to_quat(r_w2c)
         lines.append(f"{i} " + " ".join(repr(float(x)) for x in (*q, *t)) + f" 1 {name}")
         lines.append(" ".join(f"{float(x)!r} {float(y)!r} {int(k) + 1}" for x, y, k in obs[i - 1]))
-    (folder / "images.txt").write_text("\n".join(lines) + "\n")
+    atomic_write_text(folder / "images.txt", "\n".join(lines) + "\n")
     tracks: List[List[str]] = [[] for _ in points]
     for i, rows in enumerate(obs, 1):
         for j, k in enumerate(rows[:, 2].astype(int)):
@@ -188,7 +189,7 @@ def write_colmap_text(out: Path, poses: np.ndarray, names: Sequence[str], focal:
     lines = ["# POINT3D_ID X Y Z R G B ERROR TRACK[]"]
     lines += [f"{i} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} 128 128 128 0.5 "
               + " ".join(tr) for i, (p, tr) in enumerate(zip(points, tracks), 1)]
-    (folder / "points3D.txt").write_text("\n".join(lines) + "\n")
+    atomic_write_text(folder / "points3D.txt", "\n".join(lines) + "\n")
 
 
 def write_llff(out: Path, poses: np.ndarray, focal: float, resolution: int, v: Variant) -> None:
@@ -204,7 +205,8 @@ def write_llff(out: Path, poses: np.ndarray, focal: float, resolution: int, v: V
         m = np.stack([-c2w[:3, 1], c2w[:3, 0], c2w[:3, 2], c2w[:3, 3],
                       [resolution, resolution, focal]], axis=1)  # [down, right, back, t, hwf]
         rows.append(np.concatenate([m.reshape(-1), [near, far]]))
-    np.save(out / "poses_bounds.npy", np.asarray(rows, np.float64))
+    with atomic_file(out / "poses_bounds.npy") as f:
+        np.save(f, np.asarray(rows, np.float64))
 
 
 def write_variant(out: Path, name: str, resolution: int, progress: bool = True) -> None:
