@@ -15,6 +15,10 @@ The scene is rendered once per pixel with ``scene.march`` (the camera is fixed:
 a CPU render takes seconds); every frame, particles are projected into the
 image and drawn only where they are nearer than the field's depth, so the
 NeRF occludes them correctly. Keys: space pauses, r respawns, Esc quits.
+
+With --run the simulation needs no torch: Taichi starts through the torch-free
+``taichi_nerf.kernels.runtime`` and the scene is read with numpy alone. Only the
+training without --run uses the torch side.
 """
 # No `from __future__ import annotations`: Taichi reads the ti.func annotations as objects.
 
@@ -28,8 +32,10 @@ from typing import List, Optional
 import numpy as np
 import taichi as ti
 
-from taichi_nerf import runtime
+from taichi_nerf.camera_paths import orbit_poses
+from taichi_nerf.kernels import runtime
 from taichi_nerf.kernels.camera import camera_ray
+from taichi_nerf.kernels.occupancy import cell_centers, checkpoint_occupied
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
 
 GRAVITY = 9.81          # world units / s^2 (NeRF-synthetic scenes are about metre-sized)
@@ -221,20 +227,23 @@ class ParticlesInNerf:
         return self.image.to_numpy().transpose(1, 0, 2)[::-1]
 
 
-def _occupied_points(cfg, arrays) -> np.ndarray:
-    from taichi_nerf.kernels.occupancy import checkpoint_occupied
-    from taichi_nerf.viewer import occupied_world_points
-    occ, sc = cfg["occupancy"], cfg["scene"]
-    return occupied_world_points(checkpoint_occupied(cfg, arrays), occ["resolution"], occ["n_cascades"],
-                                 sc["scale"], np.asarray(sc["offset"], np.float64), limit=20000)
+def _occupied_points(scene, cfg, arrays, limit: int = 20000, seed: int = 0) -> np.ndarray:
+    """World-space centres (K,3) of up to `limit` occupied cells of the checkpoint's grid."""
+    idx = np.nonzero(checkpoint_occupied(cfg, arrays))[0]
+    if idx.size > limit:
+        idx = np.random.default_rng(seed).choice(idx, limit, replace=False)
+    centres = np.zeros((idx.size, 3), np.float32)
+    if idx.size:
+        cell_centers(scene.occ.resolution, idx.astype(np.int32),
+                     np.full((idx.size, 3), 0.5, np.float32), centres)
+    return scene.model_to_world(centres)
 
 
 def build(run: Path, n_particles: int, width: Optional[int], height: Optional[int],
           substeps: int = 16, seed: int = 0, elevation: float = 20.0,
           threshold: Optional[float] = None) -> ParticlesInNerf:
     """Load RUN, render the field from an orbit camera, spawn the particles."""
-    from taichi_nerf.cameras import orbit_poses
-    from taichi_nerf.kernels.inference import read_checkpoint
+    from taichi_nerf.kernels.checkpoint_io import read_checkpoint
     from taichi_nerf.kernels.scene import NerfScene
 
     cfg, arrays = read_checkpoint(checkpoint_path(run))
@@ -247,7 +256,7 @@ def build(run: Path, n_particles: int, width: Optional[int], height: Optional[in
     up = np.asarray(orbit["up"], np.float64)
     c2w = orbit_poses(1, orbit["radius"], elevation, orbit["center"], up,
                       start_azimuth_deg=30.0)[0]
-    occupied = _occupied_points(cfg, arrays)
+    occupied = _occupied_points(scene, cfg, arrays)
     # the floor: just under the lowest occupied cell
     cell = (scene.box_world[1][0] - scene.box_world[0][0]) / scene.occ.resolution
     floor = float((occupied @ (up / np.linalg.norm(up))).min() - cell)

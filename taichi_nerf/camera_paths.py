@@ -108,13 +108,67 @@ def _scaled_intrinsics(cam: Mapping[str, float], width: int, height: int) -> np.
 
 
 # ---------------------------------------------------------------- orbit
+def look_at(eye: Sequence[float], center: Sequence[float],
+            up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+    """Camera-to-world (4,4) float32, OpenGL axes, at `eye` looking at `center` with `up` upright."""
+    eye = np.asarray(eye, np.float64).reshape(3)
+    fwd = np.asarray(center, np.float64).reshape(3) - eye
+    up = np.asarray(up, np.float64).reshape(3)
+    if np.linalg.norm(fwd) == 0 or np.linalg.norm(up) == 0:
+        raise ValueError("look_at needs eye != center and a non-zero up vector")
+    fwd /= np.linalg.norm(fwd)
+    right = np.cross(fwd, up)
+    if np.linalg.norm(right) < 1e-9 * np.linalg.norm(up):
+        raise ValueError(f"view direction {fwd.tolist()} is parallel to up {up.tolist()}")
+    right /= np.linalg.norm(right)
+    true_up = np.cross(right, fwd)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, true_up, -fwd, eye
+    return m.astype(np.float32)
+
+
+def horizontal_basis(up) -> Tuple[np.ndarray, np.ndarray]:
+    """Orthonormal (e1, e2) (3,) float64 spanning the plane normal to unit `up`: the azimuth
+    frame of orbit_poses. For up = +z it is (x, y), so azimuth 0 sits on +x as in Blender."""
+    up = np.asarray(up, np.float64)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = helper - up * np.dot(helper, up)
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(up, e1)
+
+
+def orbit_poses(n: int, radius: float, elevation_deg: float,
+                center: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0),
+                start_azimuth_deg: float = 0.0) -> np.ndarray:
+    """`n` camera-to-world poses (n,4,4) float32, OpenGL axes, evenly spaced in azimuth on a
+    circle of `radius` at `elevation_deg` above the plane normal to `up`, looking at `center`."""
+    if n < 1:
+        raise ValueError(f"need at least one pose, got n={n}")
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    if not -90.0 < elevation_deg < 90.0:
+        raise ValueError(f"elevation must lie strictly between -90 and 90 degrees, got {elevation_deg}")
+    up_v = np.asarray(up, np.float64).reshape(3)
+    if np.linalg.norm(up_v) == 0:
+        raise ValueError("up must be a non-zero vector")
+    up_v = up_v / np.linalg.norm(up_v)
+    e1, e2 = horizontal_basis(up_v)
+    c = np.asarray(center, np.float64).reshape(3)
+    el = math.radians(elevation_deg)
+    out = np.empty((n, 4, 4), np.float32)
+    for i in range(n):
+        az = math.radians(start_azimuth_deg) + 2.0 * math.pi * i / n
+        eye = c + radius * (math.cos(el) * (math.cos(az) * e1 + math.sin(az) * e2)
+                            + math.sin(el) * up_v)
+        out[i] = look_at(eye, c, up_v)
+    return out
+
+
 def orbit(cfg: Mapping[str, Any], frames: int, elevation: float = 30.0,
           radius: Optional[float] = None, width: Optional[int] = None,
           height: Optional[int] = None) -> CameraPath:
     """`frames` cameras circling the checkpoint's orbit (centre, up; radius in world units, default the
     training cameras' mean distance) at `elevation` degrees, with the training camera scaled to width x height."""
-    from taichi_nerf.cameras import orbit_poses
-
     o = cfg["orbit"]
     poses = orbit_poses(frames, float(radius if radius is not None else o["radius"]), elevation,
                         center=o["center"], up=o["up"])
@@ -259,8 +313,6 @@ def order_around(poses: np.ndarray, center: Sequence[float],
     closed is True when they surround the centre (no azimuth gap over 90 degrees)."""
     up_v = np.asarray(up, np.float64) / np.linalg.norm(up)
     rel = np.asarray(poses, np.float64)[:, :3, 3] - np.asarray(center, np.float64)
-    from taichi_nerf.cameras import horizontal_basis
-
     e1, e2 = horizontal_basis(up_v)
     az = np.arctan2(rel @ e2, rel @ e1)
     order = np.argsort(az, kind="stable")

@@ -9,13 +9,13 @@ come back in the same space as the poses.
 """
 from __future__ import annotations
 
-import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
 
 from taichi_nerf import runtime
+# numpy pose helpers live in camera_paths (torch-free users need them); kept importable here
+from taichi_nerf.camera_paths import horizontal_basis, look_at, orbit_poses  # noqa: F401
 from taichi_nerf.kernels import camera as camera_k
 from taichi_nerf.ops import check_tensor, checks_values
 
@@ -138,59 +138,3 @@ def pixel_grid(width: int, height: int, device: Optional[torch.device] = None) -
     v = torch.arange(height, dtype=torch.float32, device=device) + 0.5
     vv, uu = torch.meshgrid(v, u, indexing="ij")
     return torch.stack([uu, vv], dim=-1).reshape(-1, 2).contiguous()
-
-
-def look_at(eye: Sequence[float], center: Sequence[float],
-            up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
-    """Camera-to-world (4,4) float32, OpenGL axes, at `eye` looking at `center` with `up` upright."""
-    eye = np.asarray(eye, np.float64).reshape(3)
-    fwd = np.asarray(center, np.float64).reshape(3) - eye
-    up = np.asarray(up, np.float64).reshape(3)
-    if np.linalg.norm(fwd) == 0 or np.linalg.norm(up) == 0:
-        raise ValueError("look_at needs eye != center and a non-zero up vector")
-    fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, up)
-    if np.linalg.norm(right) < 1e-9 * np.linalg.norm(up):
-        raise ValueError(f"view direction {fwd.tolist()} is parallel to up {up.tolist()}")
-    right /= np.linalg.norm(right)
-    true_up = np.cross(right, fwd)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, true_up, -fwd, eye
-    return m.astype(np.float32)
-
-
-def horizontal_basis(up) -> Tuple[np.ndarray, np.ndarray]:
-    """Orthonormal (e1, e2) (3,) float64 spanning the plane normal to unit `up`: the azimuth
-    frame of orbit_poses. For up = +z it is (x, y), so azimuth 0 sits on +x as in Blender."""
-    up = np.asarray(up, np.float64)
-    helper = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    e1 = helper - up * np.dot(helper, up)
-    e1 /= np.linalg.norm(e1)
-    return e1, np.cross(up, e1)
-
-
-def orbit_poses(n: int, radius: float, elevation_deg: float,
-                center: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0),
-                start_azimuth_deg: float = 0.0) -> np.ndarray:
-    """`n` camera-to-world poses (n,4,4) float32, OpenGL axes, evenly spaced in azimuth on a
-    circle of `radius` at `elevation_deg` above the plane normal to `up`, looking at `center`."""
-    if n < 1:
-        raise ValueError(f"need at least one pose, got n={n}")
-    if not radius > 0:
-        raise ValueError(f"radius must be > 0, got {radius}")
-    if not -90.0 < elevation_deg < 90.0:
-        raise ValueError(f"elevation must lie strictly between -90 and 90 degrees, got {elevation_deg}")
-    up_v = np.asarray(up, np.float64).reshape(3)
-    if np.linalg.norm(up_v) == 0:
-        raise ValueError("up must be a non-zero vector")
-    up_v = up_v / np.linalg.norm(up_v)
-    e1, e2 = horizontal_basis(up_v)
-    c = np.asarray(center, np.float64).reshape(3)
-    el = math.radians(elevation_deg)
-    out = np.empty((n, 4, 4), np.float32)
-    for i in range(n):
-        az = math.radians(start_azimuth_deg) + 2.0 * math.pi * i / n
-        eye = c + radius * (math.cos(el) * (math.cos(az) * e1 + math.sin(az) * e2)
-                            + math.sin(el) * up_v)
-        out[i] = look_at(eye, c, up_v)
-    return out

@@ -56,6 +56,23 @@ def test_particles_come_to_rest_on_the_field(trained, tmp_path):
     assert img.shape == (64, 64, 3) and img.max() > 0
 
 
+def test_particles_run_without_torch(trained, tmp_path):
+    """With --run the simulation example is torch-free, as the kernels layer it builds on."""
+    run, _ = trained
+    shot = tmp_path / "shot.png"
+    code = ("import runpy, sys\n"
+            "sys.modules['torch'] = None  # from here on, any `import torch` raises ImportError\n"
+            "sys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "particles_in_nerf.py"),
+                           "--run", str(run), "--headless", "--frames", "2", "--particles", "100",
+                           "--width", "32", "--height", "32", "--screenshot", str(shot),
+                           "--arch", "cpu"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert iio.imread(shot).shape == (32, 32, 3)
+
+
 def test_particles_are_hidden_behind_the_field(trained, cpu_runtime):
     """A particle between camera and ball is drawn; one behind the ball is not."""
     run, _ = trained
