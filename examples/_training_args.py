@@ -1,4 +1,8 @@
-"""What the train_*.py examples share: budget and smoke-test arguments -> a TrainConfig."""
+"""What the train_*.py examples share: budget and smoke-test arguments -> a TrainConfig.
+
+Only the arguments are shared: each script keeps its own load / train / evaluate lines,
+alike as they are, since those API calls are what a reader opens the example to see.
+"""
 from __future__ import annotations
 
 import argparse

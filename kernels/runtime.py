@@ -111,7 +111,7 @@ def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = Fa
                    "vulkan": "install a Vulkan driver "
                              "(e.g. Debian: mesa-vulkan-drivers libvulkan1)",
                    "metal": "it needs macOS with a Metal GPU"}.get(arch, "")
-                + "; or use --arch cpu")
+                + "; or choose arch 'cpu'")
         chosen, reason = arch, "asked for"
 
     _generation += 1

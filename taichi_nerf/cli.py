@@ -1,4 +1,5 @@
-"""`taichi-nerf` command line: train, eval, render, bench (argparse: standard, no extra dependency)."""
+"""`taichi-nerf` command line: train, view, eval, render, export, bench (argparse: standard, no
+extra dependency)."""
 from __future__ import annotations
 
 import argparse

@@ -2,10 +2,16 @@
 
 Torch tensors go straight into the kernels: where Taichi's arch and the
 tensor's device agree (cpu/cpu, cuda/cuda) the kernel reads and writes the
-tensor's own memory. Backward runs the kernels' Taichi autodiff (``kernel.grad``)
-on cpu/cuda; on vulkan/metal, where Taichi 1.7.4 cannot differentiate ndarray
-kernels, the hash grid uses field autodiff and compositing a hand-written
-backward kernel (both tested against the autodiff gradients).
+tensor's own memory (on vulkan/metal torch stays on the CPU and Taichi copies).
+
+Backward, per op (tests compare each with the pure-torch reference):
+- hash grid, table gradient: hand-written kernels on cpu (one task per level) and
+  cuda (atomics); Taichi field autodiff on vulkan/metal (``runtime.table_grad``);
+- hash grid, position gradient: Taichi ndarray autodiff (``kernel.grad``), which
+  Taichi 1.7.4 offers on cpu/cuda only (elsewhere NotImplementedError);
+- compositing: a hand-written backward kernel on every arch (Taichi's autodiff
+  gets the loop-carried transmittance wrong, see ``kernels/composite.py``);
+- SH encoding, ray-box and marching: not differentiable.
 """
 from __future__ import annotations
 

@@ -87,6 +87,7 @@ def cell_index(p: torch.Tensor, c: torch.Tensor, res: int) -> torch.Tensor:
     return c * res ** 3 + cell[:, 0] + cell[:, 1] * res + cell[:, 2] * res * res
 
 
+# ops.PackedSamples' fields again, on purpose: the oracle imports nothing of the code it checks
 @dataclasses.dataclass
 class Packed:
     """Packed samples: t, dt (M,), positions, dirs (M,3), ray_index (M,), rays (R,2) = (start, count)."""
