@@ -5,7 +5,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import taichi as ti
 import torch
 
 from taichi_nerf import runtime
@@ -21,6 +20,7 @@ from taichi_nerf.ops import sh_encode
 from taichi_nerf.trainer import Trainer, appearance_note, evaluate, load_model
 
 from conftest import rel_err, small_config
+from test_scene_kernels import radiance_at
 
 SMALL_GRID = HashGridSpec(n_levels=4, n_features=2, log2_table=10, base_resolution=4,
                           finest_resolution=32)
@@ -148,17 +148,6 @@ def _rays(renderer, pose, intr, ds):
                          torch.from_numpy(pose)[None, :3].contiguous())
 
 
-@ti.kernel
-def _radiance_at(scene: ti.template(), pts: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                 dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                 rgb: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-    for i in range(pts.shape[0]):
-        c = scene.radiance(ti.Vector([pts[i, 0], pts[i, 1], pts[i, 2]]),
-                           ti.Vector([dirs[i, 0], dirs[i, 1], dirs[i, 2]]))
-        for k in ti.static(range(3)):
-            rgb[i, k] = c[k]
-
-
 def test_scene_radiance_uses_the_mean_code(photo_run, cpu_runtime):
     path, _ = photo_run
     _, renderer, _ = load_model(path)
@@ -169,7 +158,7 @@ def test_scene_radiance_uses_the_mean_code(photo_run, cpu_runtime):
     dirs = rng.normal(size=pts.shape).astype(np.float32)
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     rgb = np.zeros_like(pts)
-    _radiance_at(scene, pts, dirs, rgb)
+    radiance_at(scene, pts, dirs, rgb)
     with torch.no_grad():
         model = torch.from_numpy(scene.world_to_model(pts))
         _, ref = renderer.field(renderer.to_unit(model).contiguous(), torch.from_numpy(dirs))

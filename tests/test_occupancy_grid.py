@@ -189,8 +189,8 @@ def _taichi_cell_index(p: ti.types.ndarray(dtype=ti.f32, ndim=2), n_cascades: ti
 
 
 def test_numpy_cell_lookup_equals_the_taichi_rule(arch):
-    """point_cell_index (export's vectorised lookup) is the @ti.func rule to the bit, cell and
-    cascade borders included."""
+    """point_cell_index (numpy, built from the per-axis axis_cascade/axis_cell that export's
+    lookup uses) is the @ti.func rule to the bit, cell and cascade borders included."""
     n, res = 3, 16
     rng = np.random.default_rng(0)
     uniform = rng.uniform(-2.0, 3.0, (20000, 3))       # beyond the outermost cascade too
