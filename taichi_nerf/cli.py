@@ -422,8 +422,6 @@ def bench_exit_code(results: Dict[str, Any]) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    import json
-
     from taichi_nerf.bench.kernels import format_markdown, run_kernel_benchmark
 
     if a.quick and a.training:
@@ -457,7 +455,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         results["training"] = res
         print(format_training_markdown(res))
     if a.json:
-        a.json.write_text(json.dumps(results, indent=2, default=str))
+        from taichi_nerf.atomic import atomic_write_json
+        atomic_write_json(a.json, results, default=str)  # a killed bench leaves no half file
     return bench_exit_code(results)
 
 

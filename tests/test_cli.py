@@ -412,6 +412,14 @@ def test_bench_quick_training_is_refused_not_skipped(capsys):
     assert out == ""  # refused before anything ran
 
 
+def test_bench_json_is_written_whole(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc, stdout, _ = cli(capsys, "bench", "--quick", "--arch", "cpu", "--json", out)
+    assert rc == 0 and "|" in stdout
+    assert "kernels" in json.loads(out.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no temporary left
+
+
 def test_bench_training_bad_data_is_one_line(tmp_path, capsys):
     rc, _, err = cli(capsys, "bench", "--training", "--data", tmp_path / "nowhere", "--time",
                      "1", "--arch", "cpu")

@@ -1,17 +1,13 @@
 """End-to-end training on the built-in scene (small), resume, interruption, divergence guard."""
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import runtime
 from taichi_nerf.data import load_dataset
 from taichi_nerf.data import builtin
-from taichi_nerf.trainer import (TrainConfig, Trainer, TrainingDiverged, evaluate, load_model,
-                                 run_training)
+from taichi_nerf.trainer import Trainer, TrainingDiverged, load_model, run_training
 
 from conftest import PSNR_FLOOR, RES, small_config  # noqa: F401  (fixtures live there too)
 
