@@ -123,7 +123,7 @@ def test_near_gradient_scale_reaches_the_field(scene_dir, cpu_runtime):
     min(1, (t / D)^2): with D far beyond every sample the gradients shrink by that factor."""
     train = load_dataset(scene_dir, "train")
     t = Trainer(train, small_config(steps=1))
-    o, d, bg, target, jitter, _ = t._batch(64)
+    o, d, bg, target, jitter, _, _ = t._batch(64)
     grads = {}
     for dist in (0.0, 1e3):
         t.field.zero_grad(set_to_none=True)
