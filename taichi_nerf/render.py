@@ -54,7 +54,9 @@ class Renderer:
             s = ops.PackedSamples(s.t[:m], s.dt[:m], s.positions[:m], s.dirs[:m],
                                   s.ray_index[:m], s.rays[:n_rays])
             bg = bg[:n_rays]
-        per_sample = None if image is None else image[s.ray_index.long()]
+        # the per-sample gather only when the field has codes: training always passes image
+        per_sample = (image[s.ray_index.long()]
+                      if image is not None and self.field.config.appearance_dim else None)
         sigma, rgb = self.field(self.to_unit(s.positions), s.dirs, per_sample)
         if near_grad_distance > 0:
             # a point near the lens covers many pixels of one view and gets their gradients
