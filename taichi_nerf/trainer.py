@@ -6,7 +6,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -33,6 +33,20 @@ SHAPE_SETTINGS = ("log2_table", "n_levels", "finest_resolution", "occ_resolution
 CLI_SETTINGS = ("log2_table", "aabb_scale")
 C2F_RAMP_PHOTOS = 0.5  # share of the budget over which fine levels join, for photos
 METRICS_NAME = "metrics.json"
+
+
+class RayBatch(NamedTuple):
+    """One step's rays (model space, on the device): origins and directions (R,3),
+    backgrounds and targets (R,3), start jitter (R,), depth targets (K,) model units for
+    the first K rays (sparse depth), training-image index (R,)."""
+
+    origins: torch.Tensor
+    dirs: torch.Tensor
+    bg: torch.Tensor
+    target: torch.Tensor
+    jitter: torch.Tensor
+    depth: torch.Tensor
+    image: torch.Tensor
 
 
 class TrainingDiverged(RuntimeError):
@@ -214,7 +228,7 @@ class Trainer:
         self.shape = (n, h, w)
 
     # ------------------------------------------------------------------ one step
-    def _batch(self, n_rays: int):
+    def _batch(self, n_rays: int) -> RayBatch:
         """Rays of one step: the first len(depth) look through sparse points (model units)."""
         n, h, w = self.shape
         g = self.generator
@@ -249,7 +263,7 @@ class Trainer:
             a = target[:, 3:4]
             target = target[:, :3] * a + bg * (1 - a)
         jitter = torch.rand(n_rays, generator=g).to(self.device)
-        return o, dirs, bg, target, jitter, depth.to(self.device), img.to(self.device)
+        return RayBatch(o, dirs, bg, target, jitter, depth.to(self.device), img.to(self.device))
 
     def train_step(self) -> Dict[str, float]:
         """One optimisation step; returns loss, psnr, rays and samples of the step."""
