@@ -20,7 +20,7 @@ import numpy as np
 from taichi_nerf import runtime
 from taichi_nerf.cameras import horizontal_basis, orbit_poses
 from taichi_nerf.data.scene import project_pinhole
-from taichi_nerf.kernels.occupancy import checkpoint_occupied
+from taichi_nerf.kernels.occupancy import cell_centers, checkpoint_occupied
 from taichi_nerf.kernels.specs import checkpoint_path
 
 MODES = ("rgb", "depth", "opacity")
@@ -431,18 +431,18 @@ class Viewer:
             raise ViewerError(f"{path}: cannot write screenshot ({e.strerror or e})") from None
 
 
-def occupied_world_points(occupied: np.ndarray, res: int, n_cascades: int, scene_scale: float,
+def occupied_world_points(occupied: np.ndarray, res: int, scene_scale: float,
                           scene_offset: np.ndarray, limit: int = 4000, seed: int = 0) -> np.ndarray:
-    """Centres (K,3) world units of up to `limit` occupied cells; occupied (n_cells,) bool."""
+    """Centres (K,3) float64 world units of up to `limit` occupied cells; occupied (n_cells,)
+    bool. Needs Taichi running (the viewer's preview started it)."""
     idx = np.nonzero(occupied)[0]
     if idx.size > limit:
         idx = np.random.default_rng(seed).choice(idx, limit, replace=False)
-    per = res ** 3
-    c, r = idx // per, idx % per
-    xyz = np.stack([r % res, (r // res) % res, r // (res * res)], -1).astype(np.float64)
-    size = (2.0 ** c)[:, None]
-    model = 0.5 + size * ((xyz + 0.5) / res - 0.5)
-    return (model - scene_offset) / scene_scale
+    # the cell-index rule (cascade, cell order, half-cell offset) lives in kernels.occupancy
+    model = np.zeros((idx.size, 3), np.float32)
+    if idx.size:
+        cell_centers(res, idx.astype(np.int32), np.full((idx.size, 3), 0.5, np.float32), model)
+    return (model.astype(np.float64) - scene_offset) / scene_scale
 
 
 def _camera_from(cfg: Dict) -> OrbitCamera:
@@ -479,7 +479,7 @@ def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = 
                   np.asarray(cfg.get("background") or [0, 0, 0], np.float32),
                   dataset_poses=arrays.get("cameras/poses"),
                   occupied_points=lambda: occupied_world_points(
-                      occupied, occ["resolution"], occ["n_cascades"], scene["scale"],
+                      occupied, occ["resolution"], scene["scale"],
                       np.asarray(scene["offset"], np.float64)),
                   headless=headless)
 
@@ -500,6 +500,6 @@ def viewer_for_training(trainer, headless: bool, width: Optional[int] = None,
                   [fx * sx, fy * sy, cx * sx, cy * sy], W, H, ds.scene_scale, ds.scene_offset, bg,
                   trainer=trainer, dataset_poses=ds.poses,
                   occupied_points=lambda: occupied_world_points(
-                      grid.occupied().cpu().numpy(), grid.spec.resolution, grid.spec.n_cascades,
-                      ds.scene_scale, ds.scene_offset.astype(np.float64)),
+                      grid.occupied().cpu().numpy(), grid.spec.resolution, ds.scene_scale,
+                      ds.scene_offset.astype(np.float64)),
                   headless=headless)

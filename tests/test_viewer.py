@@ -14,7 +14,7 @@ from taichi_nerf import runtime
 from taichi_nerf.cli import main
 from taichi_nerf.metrics import psnr
 from taichi_nerf.trainer import load_model
-from taichi_nerf.viewer import OrbitCamera, resize_nearest, viewer_for_run
+from taichi_nerf.viewer import OrbitCamera, occupied_world_points, resize_nearest, viewer_for_run
 
 
 def test_headless_frame_matches_direct_render(trained, arch):
@@ -69,6 +69,24 @@ def test_resize_nearest():
     img = np.arange(4, dtype=np.float32).reshape(2, 2, 1)
     out = resize_nearest(img, 4, 4)
     assert out.shape == (4, 4, 1) and out[0, 0, 0] == 0 and out[3, 3, 0] == 3
+
+
+def test_occupancy_overlay_points_are_the_kernels_cell_centres(cpu_runtime):
+    """The overlay places cells by kernels.occupancy's rule (x fastest, then y, then z; cascade
+    c spans 2^c; centre at +half a cell), not by a copy of it."""
+    res = 4
+    occupied = np.zeros(2 * res ** 3, bool)
+    occupied[[1, 4, 16, 64, 64 + 3 + 2 * 4 + 1 * 16]] = True
+    model = np.array([[0.375, 0.125, 0.125],     # cascade 0, cell x=1
+                      [0.125, 0.375, 0.125],     # y=1
+                      [0.125, 0.125, 0.375],     # z=1
+                      [-0.25, -0.25, -0.25],     # cascade 1 (side 2, from -0.5), cell 0
+                      [1.25, 0.75, 0.25]])       # cascade 1, cell (3, 2, 1)
+    scale, offset = 0.5, np.array([0.1, 0.2, 0.3])
+    pts = occupied_world_points(occupied, res, scale, offset)
+    np.testing.assert_allclose(pts, (model - offset) / scale, rtol=0, atol=1e-12)
+    assert occupied_world_points(occupied, res, scale, offset, limit=2).shape == (2, 3)
+    assert occupied_world_points(np.zeros_like(occupied), res, scale, offset).shape == (0, 3)
 
 
 def test_headless_cli_screenshot_and_overlays(trained, tmp_path, capsys):
