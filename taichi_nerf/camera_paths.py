@@ -37,6 +37,8 @@ import numpy as np
 
 from taichi_nerf.atomic import atomic_write_json
 from taichi_nerf.data.errors import DataError
+# the pose maths lives beside the loaders, where the built-in scene's writers use it too
+from taichi_nerf.data.poses import look_at, quat_to_rotation, rotation_to_quat
 
 PATH_VERSION = 1
 INTRINSIC_KEYS = ("fx", "fy", "cx", "cy")
@@ -108,25 +110,6 @@ def _scaled_intrinsics(cam: Mapping[str, float], width: int, height: int) -> np.
 
 
 # ---------------------------------------------------------------- orbit
-def look_at(eye: Sequence[float], center: Sequence[float],
-            up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
-    """Camera-to-world (4,4) float32, OpenGL axes, at `eye` looking at `center` with `up` upright."""
-    eye = np.asarray(eye, np.float64).reshape(3)
-    fwd = np.asarray(center, np.float64).reshape(3) - eye
-    up = np.asarray(up, np.float64).reshape(3)
-    if np.linalg.norm(fwd) == 0 or np.linalg.norm(up) == 0:
-        raise ValueError("look_at needs eye != center and a non-zero up vector")
-    fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, up)
-    if np.linalg.norm(right) < 1e-9 * np.linalg.norm(up):
-        raise ValueError(f"view direction {fwd.tolist()} is parallel to up {up.tolist()}")
-    right /= np.linalg.norm(right)
-    true_up = np.cross(right, fwd)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, true_up, -fwd, eye
-    return m.astype(np.float32)
-
-
 def horizontal_basis(up) -> Tuple[np.ndarray, np.ndarray]:
     """Orthonormal (e1, e2) (3,) float64 spanning the plane normal to unit `up`: the azimuth
     frame of orbit_poses. For up = +z it is (x, y), so azimuth 0 sits on +x as in Blender."""
@@ -178,37 +161,6 @@ def orbit(cfg: Mapping[str, Any], frames: int, elevation: float = 30.0,
 
 
 # ---------------------------------------------------------------- quaternions (w, x, y, z)
-def rotation_to_quat(r: np.ndarray) -> np.ndarray:
-    """Rotation matrix (3,3) (re-orthonormalised by SVD) -> unit quaternion (4,) w, x, y, z."""
-    u, _, vt = np.linalg.svd(np.asarray(r, np.float64))
-    r = u @ vt
-    if np.linalg.det(r) < 0:
-        r = u @ np.diag([1.0, 1.0, -1.0]) @ vt
-    t = np.trace(r)
-    if t > 0:
-        s = math.sqrt(t + 1.0) * 2
-        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
-        s = math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2]) * 2
-        q = [(r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s]
-    elif r[1, 1] > r[2, 2]:
-        s = math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2]) * 2
-        q = [(r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s]
-    else:
-        s = math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1]) * 2
-        q = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    return q / np.linalg.norm(q)
-
-
-def quat_to_rotation(q: np.ndarray) -> np.ndarray:
-    """Quaternion (4,) w, x, y, z (normalised here) -> rotation matrix (3,3) float64."""
-    w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-
 def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w1, x1, y1, z1 = a
     w2, x2, y2, z2 = b

@@ -86,7 +86,9 @@ def test_kernels_need_neither_torch_nor_the_torch_side():
 
 
 def test_data_loaders_do_not_import_the_layers_above():
-    assert violations(sources("taichi_nerf/data"), lambda n: within(n, UPPER)) == []
+    # camera_paths sits above data/ (it loads datasets); the pose maths both use is data.poses
+    above = UPPER + (f"{PACKAGE}.camera_paths",)
+    assert violations(sources("taichi_nerf/data"), lambda n: within(n, above)) == []
 
 
 @pytest.mark.parametrize("module", ["ops", "field", "render", "occupancy", "cameras", "losses"])

@@ -202,3 +202,36 @@ def test_primitive_table_is_the_scene():
     for row, prim in zip(table, builtin.PRIMITIVES):
         np.testing.assert_allclose(row[1:4], prim.center, atol=1e-7)
         np.testing.assert_allclose(row[4:13].reshape(3, 3), prim.rotation.T, atol=1e-7)
+
+
+# The fingerprints of the scene as it is cached on users' machines (SCENE_VERSION 1, model
+# version 2 of the variants). A refactor of the camera or pose code that moved any pose (to
+# 9 decimals) or changed the table would change them and silently re-render every cache and
+# shift training results. Update them only together with a deliberate scene change that bumps
+# SCENE_VERSION / MODEL_VERSION.
+CACHED_FINGERPRINTS = {("object", 128): "8991e486f1b42108", ("object", 64): "885f33396f757b0c",
+                       ("room", 128): "66700e1014ae63b1", ("forward", 128): "cb598b434af2d895"}
+
+
+@pytest.mark.parametrize("variant, resolution", sorted(CACHED_FINGERPRINTS))
+def test_cached_scenes_keep_their_fingerprint(variant, resolution):
+    assert builtin._fingerprint(resolution, variant) == CACHED_FINGERPRINTS[variant, resolution]
+
+
+def test_one_look_at_for_the_scene_and_the_camera_paths():
+    """The built-in cameras are made by the look_at that camera paths and orbits use: one
+    definition (data.poses), float64 in, float64 out, an exact rotation."""
+    from taichi_nerf import camera_paths
+    from taichi_nerf.data import builtin_variants, poses
+
+    assert builtin.look_at is poses.look_at is camera_paths.look_at is builtin_variants.look_at
+    cams = builtin.builtin_cameras()
+    pos = builtin.camera_positions()
+    every = np.concatenate(list(cams.values()))
+    assert every.dtype == np.float64 and len(every) == len(pos)
+    for c2w in cams["val"]:
+        assert np.array_equal(c2w, poses.look_at(c2w[:3, 3]))
+        np.testing.assert_allclose(c2w[:3, :3].T @ c2w[:3, :3], np.eye(3), atol=1e-12)
+        # looking down -z at the origin
+        np.testing.assert_allclose(-c2w[:3, 2], -c2w[:3, 3] / np.linalg.norm(c2w[:3, 3]),
+                                   atol=1e-12)

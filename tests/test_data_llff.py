@@ -4,16 +4,7 @@ import numpy as np
 import pytest
 
 from taichi_nerf.data import DataError, detect_format, load_dataset
-
-
-def look_at(eye, target, up=(0.0, 0.0, 1.0)):
-    eye, target, up = (np.asarray(v, np.float64) for v in (eye, target, up))
-    z = (eye - target) / np.linalg.norm(eye - target)
-    x = np.cross(up, z)
-    x /= np.linalg.norm(x)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, eye
-    return m
+from taichi_nerf.data.poses import look_at
 
 
 def to_llff_rows(c2w_gl, hwf, bounds):

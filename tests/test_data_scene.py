@@ -3,19 +3,8 @@ import numpy as np
 import pytest
 
 from taichi_nerf.data import Dataset, SceneTransform, fit_scene, to_model_space
+from taichi_nerf.data.poses import look_at
 from taichi_nerf.data.scene import look_at_centre, rotation_between, up_alignment
-
-
-def look_at(eye, target, up=(0.0, 0.0, 1.0)):
-    """OpenGL camera-to-world (4, 4) at ``eye`` looking at ``target``."""
-    eye, target, up = (np.asarray(v, np.float64) for v in (eye, target, up))
-    z = eye - target
-    z /= np.linalg.norm(z)
-    x = np.cross(up, z)
-    x /= np.linalg.norm(x)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, eye
-    return m
 
 
 def ring(n, radius, centre, height=0.0):

@@ -28,6 +28,8 @@ import taichi as ti
 
 from taichi_nerf.atomic import atomic_write_json
 
+from .poses import look_at
+
 # Bump when the scene, cameras or renderer change in a way that alters the
 # images; the fingerprint below also catches edits that forget to bump it.
 SCENE_VERSION = 1
@@ -279,20 +281,6 @@ def ray_depth(origins: np.ndarray, dirs: np.ndarray,
 # ----------------------------------------------------------------------------
 # Cameras
 # ----------------------------------------------------------------------------
-
-def look_at(position: np.ndarray, target: Sequence[float] = (0.0, 0.0, 0.0),
-            up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
-    """(4, 4) camera-to-world, OpenGL axes (x right, y up, looking down -z), from a (3,) position."""
-    pos = np.asarray(position, np.float64)
-    forward = np.asarray(target, np.float64) - pos
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, up)
-    right /= np.linalg.norm(right)
-    cam_up = np.cross(right, forward)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, cam_up, -forward, pos
-    return c2w
-
 
 def camera_positions(n: int = N_TRAIN + N_VAL + N_TEST, radius: float = CAMERA_RADIUS,
                      min_z: float = CAMERA_MIN_Z) -> np.ndarray:

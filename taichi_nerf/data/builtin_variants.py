@@ -21,10 +21,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from taichi_nerf.atomic import atomic_file, atomic_write_text
-from taichi_nerf.camera_paths import rotation_to_quat
 
 from . import builtin
-from .builtin import PRIMITIVES, Primitive, look_at, pixel_rays, ray_depth, render_view
+from .builtin import PRIMITIVES, Primitive, pixel_rays, ray_depth, render_view
+from .poses import look_at, rotation_to_quat
 from .scene import project_pinhole
 
 VARIANTS = ("room", "forward")
