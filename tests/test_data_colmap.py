@@ -317,3 +317,16 @@ def test_colmap_sparse_depth_observations(tmp_path, binary):
 
 def test_colmap_without_points_has_no_depth(tmp_path):
     assert load_dataset(make_colmap(tmp_path), "all").depth_obs is None
+
+
+def test_colmap_quaternions_use_the_one_pose_module():
+    """COLMAP's qvec goes through data.poses.quat_to_rotation, the one camera paths use too."""
+    from taichi_nerf import camera_paths
+    from taichi_nerf.data import colmap, colmap_model, poses
+
+    assert colmap.quat_to_rotation is poses.quat_to_rotation is camera_paths.quat_to_rotation
+    assert not hasattr(colmap_model, "qvec_to_rotmat")
+    r = poses.look_at([1.0, -2.0, 0.5])[:3, :3]
+    np.testing.assert_allclose(poses.quat_to_rotation(poses.rotation_to_quat(r)), r, atol=1e-12)
+    q, t = colmap_camera_looking_at_origin([0.0, -4.0, 1.0])
+    np.testing.assert_allclose(colmap.colmap_to_c2w(q, t)[:3, 3], [0.0, -4.0, 1.0], atol=1e-12)

@@ -14,10 +14,11 @@ import numpy as np
 
 from .dataset import Dataset
 from .errors import DataError
-from .colmap_model import (ColmapImage, ColmapPoints, camera_intrinsics, qvec_to_rotmat,
-                           read_cameras_binary, read_cameras_text, read_images_binary,
-                           read_images_text, read_points_binary, read_points_text)
+from .colmap_model import (ColmapImage, ColmapPoints, camera_intrinsics, read_cameras_binary,
+                           read_cameras_text, read_images_binary, read_images_text,
+                           read_points_binary, read_points_text)
 from .images import load_images
+from .poses import quat_to_rotation
 from .scene import fit_scene, up_alignment
 from .splits import holdout_indices
 
@@ -35,7 +36,7 @@ def find_model(root: Path) -> Optional[Tuple[Path, str]]:
 
 def colmap_to_c2w(qvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
     """COLMAP world-to-camera (qvec w,x,y,z; tvec), OpenCV axes -> camera-to-world (4, 4), OpenGL axes."""
-    rot = qvec_to_rotmat(qvec)
+    rot = quat_to_rotation(qvec)
     c2w = np.eye(4)
     c2w[:3, :3] = rot.T
     c2w[:3, 3] = -rot.T @ np.asarray(tvec, dtype=np.float64)

@@ -213,16 +213,6 @@ def read_points_binary(path: Path) -> ColmapPoints:
     return ColmapPoints(ids, xyz, error, track)
 
 
-def qvec_to_rotmat(q: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) -> rotation matrix (3, 3)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * x * z + 2 * w * y],
-        [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
-        [2 * x * z - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y],
-    ])
-
-
 def camera_intrinsics(cam: ColmapCamera, where: Path, cam_id: int) -> Tuple[np.ndarray, np.ndarray]:
     """(fx, fy, cx, cy) in pixels and OpenCV (k1, k2, p1, p2), float64 (4,) each; DataError naming ``where`` otherwise."""
     p = cam.params

@@ -57,8 +57,12 @@ def rotation_to_quat(r: np.ndarray) -> np.ndarray:
 
 
 def quat_to_rotation(q: np.ndarray) -> np.ndarray:
-    """Quaternion (4,) w, x, y, z (normalised here) -> rotation matrix (3,3) float64."""
+    """Quaternion (4,) w, x, y, z (normalised here) -> rotation matrix (3,3) float64 (COLMAP's
+    qvec, camera paths)."""
     w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    # the COLMAP loader's order of operations, kept to the bit: its poses feed training
+    return np.array([
+        [1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * x * z + 2 * w * y],
+        [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
+        [2 * x * z - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y],
+    ])
