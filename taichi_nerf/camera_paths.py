@@ -454,8 +454,9 @@ def resolve_path(spec: str, cfg: Mapping[str, Any], checkpoint: Union[str, os.Pa
         return dataset_path(training_poses(checkpoint), cfg, frames, width=width, height=height)
     if is_camera_path_file(spec):
         return load_camera_path(spec, default_camera(cfg)).resized(width, height)
-    from taichi_nerf.data import load_dataset
+    from taichi_nerf.data import load_cameras
 
-    ds = load_dataset(Path(spec), split, holdout=holdout)
-    path = CameraPath(ds.poses, ds.intrinsics, ds.width, ds.height, ds.distortion)
+    # the metadata alone: a render needs the poses, not the dataset's decoded images
+    cams = load_cameras(Path(spec), split, holdout=holdout)
+    path = CameraPath(cams.poses, cams.intrinsics, cams.width, cams.height, cams.distortion)
     return path.resized(width, height)

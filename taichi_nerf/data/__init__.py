@@ -5,7 +5,9 @@ exception: it renders its images with a Taichi kernel, and starts Taichi through
 ``taichi_nerf.runtime`` (which imports torch) when it has to render.
 
 ``load_dataset(path, split, downscale, holdout, scene)`` detects the format of
-a folder and returns a ``Dataset`` (see dataset.py for fields and units).
+a folder and returns a ``Dataset`` (see dataset.py for fields and units);
+``load_cameras`` (same arguments) returns the same split's ``Cameras`` (poses,
+intrinsics, sizes, scene transform) from the metadata alone, decoding no image.
 
 Formats: Blender / NeRF-synthetic (``transforms_{train,val,test}.json``),
 instant-ngp (``transforms.json``), LLFF (``poses_bounds.npy``) and COLMAP
@@ -22,13 +24,14 @@ split of a folder gets the same one.
 Every problem with the input raises ``DataError``, whose one-line message
 names the file at fault.
 """
-from .dataset import Dataset
+from .dataset import Cameras, Dataset
 from .errors import DataError
 from .images import downscale_area, load_images, read_image
-from .loader import FORMATS, detect_format, load_dataset
+from .loader import FORMATS, detect_format, load_cameras, load_dataset
 from .scene import SceneTransform, fit_scene, to_model_space
 
 __all__ = [
-    "Dataset", "DataError", "FORMATS", "SceneTransform", "detect_format", "downscale_area",
-    "fit_scene", "load_dataset", "load_images", "read_image", "to_model_space",
+    "Cameras", "Dataset", "DataError", "FORMATS", "SceneTransform", "detect_format",
+    "downscale_area", "fit_scene", "load_cameras", "load_dataset", "load_images", "read_image",
+    "to_model_space",
 ]

@@ -6,10 +6,11 @@ from typing import List
 
 import numpy as np
 
-from .dataset import Dataset
+from .dataset import Cameras
 from .errors import DataError
 from .splits import check_split
-from .transforms import Frame, load_frames, parse_frames, read_json
+from .scene import SceneTransform
+from .transforms import Frame, frames_cameras, parse_frames, read_json
 
 BLENDER_SPLITS = ("train", "val", "test")
 # NeRF-synthetic objects live in [-1.5, 1.5]^3: scale 1/3 and offset 0.5 map that onto [0, 1]^3.
@@ -22,8 +23,8 @@ def split_files(root: Path) -> List[str]:
     return [s for s in BLENDER_SPLITS if (root / f"transforms_{s}.json").is_file()]
 
 
-def load_blender(root: Path, split: str = "train", downscale: int = 1) -> Dataset:
-    """Load one split (or "all": every split file present, in train, val, test order)."""
+def blender_cameras(root: Path, split: str = "train", downscale: int = 1) -> Cameras:
+    """Cameras of one split (or "all": every split file present, in train, val, test order)."""
     check_split(split, root)
     present = split_files(root)
     if split == "all":
@@ -40,9 +41,5 @@ def load_blender(root: Path, split: str = "train", downscale: int = 1) -> Datase
         if not parsed:
             raise DataError(path, f"split '{s}' has no frames")
         frames += parsed
-    images, intr, dist, poses = load_frames(frames, downscale)
-    return Dataset(
-        images=images, intrinsics=intr, distortion=dist, poses=poses,
-        width=images.shape[2], height=images.shape[1],
-        scene_scale=BLENDER_SCALE, scene_offset=np.array(BLENDER_OFFSET), aabb_scale=1,
-        background=np.ones(3, np.float32), names=[str(f.image) for f in frames], format="blender")
+    scene = SceneTransform(BLENDER_SCALE, np.array(BLENDER_OFFSET), aabb_scale=1)
+    return frames_cameras(frames, downscale, scene, "blender")

@@ -12,12 +12,12 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .dataset import Dataset
+from .dataset import Cameras
 from .errors import DataError
 from .colmap_model import (ColmapImage, ColmapPoints, camera_intrinsics, read_cameras_binary,
                            read_cameras_text, read_images_binary, read_images_text,
                            read_points_binary, read_points_text)
-from .images import load_images
+from .images import check_downscale
 from .poses import quat_to_rotation
 from .scene import fit_scene, up_alignment
 from .splits import holdout_indices
@@ -92,8 +92,8 @@ def depth_observations(chosen: List[ColmapImage], c2w: np.ndarray, points: Optio
     return np.concatenate(rows).astype(np.float32) if rows else None
 
 
-def load_colmap(root: Path, split: str = "train", downscale: int = 1, holdout: int = 0) -> Dataset:
-    """Load a COLMAP model; images sorted by name; frames with index % holdout == 0 form val/test."""
+def colmap_cameras(root: Path, split: str = "train", downscale: int = 1, holdout: int = 0) -> Cameras:
+    """Cameras of a COLMAP model; images sorted by name; frames with index % holdout == 0 form val/test."""
     found = find_model(root)
     if found is None:
         raise DataError(root / "sparse" / "0", "no COLMAP model (cameras.bin or cameras.txt) found")
@@ -132,11 +132,15 @@ def load_colmap(root: Path, split: str = "train", downscale: int = 1, holdout: i
         dist.append(d)
     paths = [root / "images" / im.name for im in chosen]
     sizes = [(cams[im.camera_id].width, cams[im.camera_id].height) for im in chosen]
-    pixels, _ = load_images(paths, downscale, sizes)
-    return Dataset(
-        depth_obs=depth_observations(chosen, c2w[sel], points, downscale, sizes),
-        images=pixels, intrinsics=np.stack(intr) / downscale, distortion=np.stack(dist),
-        poses=c2w[sel], width=pixels.shape[2], height=pixels.shape[1],
-        scene_scale=scene.scale, scene_offset=scene.offset, aabb_scale=scene.aabb_scale,
-        background=np.ones(3, np.float32) if pixels.shape[3] == 4 else None,
-        names=[str(p) for p in paths], format="colmap")
+    for path, size in zip(paths, sizes):
+        if size != sizes[0]:
+            raise DataError(path, f"is {size[0]}x{size[1]} in {cam_path.name} but "
+                                  f"{paths[0].name} is {sizes[0][0]}x{sizes[0][1]}; all images "
+                                  f"must have one size")
+    check_downscale(paths[0], sizes[0], downscale)
+    # the cameras file gives every image's size: decoding checks the files against it
+    return Cameras(poses=c2w[sel], intrinsics=np.stack(intr) / downscale,
+                   distortion=np.stack(dist), width=sizes[0][0] // downscale,
+                   height=sizes[0][1] // downscale, scene=scene, files=paths,
+                   decode_factor=downscale, expected_sizes=sizes, format="colmap",
+                   depth_obs=depth_observations(chosen, c2w[sel], points, downscale, sizes))

@@ -1,8 +1,9 @@
-"""The Dataset record every loader returns."""
+"""The records the loaders return: Cameras (metadata only) and Dataset (cameras + pixels)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -81,3 +82,41 @@ class Dataset:
     def transform_poses(self, poses: Optional[np.ndarray] = None) -> np.ndarray:
         """World camera-to-world (..., 4, 4) -> model space (rotation kept); defaults to ``self.poses``."""
         return to_model_space(self.poses if poses is None else poses, self.scene_scale, self.scene_offset)
+
+
+@dataclass
+class Cameras:
+    """A dataset split's cameras, read from its metadata without decoding an image: what every
+    format's loader produces first and ``load_dataset`` turns into a :class:`Dataset`.
+
+    poses, intrinsics, distortion, width, height, depth_obs, format: as in :class:`Dataset`
+                    (intrinsics and sizes of the images downscaled by the requested factor)
+    scene           the world -> model transform (Dataset's scene_scale, scene_offset, aabb_scale)
+    files           image file of each camera, in order
+    decode_factor   area-downscale factor to apply while decoding ``files`` (1 where the
+                    format keeps pre-shrunk copies, as LLFF's images_K)
+    expected_sizes  per file, the (w, h) the metadata claims (either may be None), or None
+    """
+
+    poses: np.ndarray
+    intrinsics: np.ndarray
+    distortion: np.ndarray
+    width: int
+    height: int
+    scene: SceneTransform
+    files: List[Path]
+    decode_factor: int = 1
+    expected_sizes: Optional[List[Optional[Tuple[Optional[int], Optional[int]]]]] = None
+    format: str = ""
+    depth_obs: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        self.files = [Path(f) for f in self.files]
+        n = len(self.files)
+        self.intrinsics = np.asarray(self.intrinsics, dtype=np.float32).reshape(n, 4)
+        self.distortion = np.asarray(self.distortion, dtype=np.float32).reshape(n, 4)
+        self.poses = np.asarray(self.poses, dtype=np.float32).reshape(n, 4, 4)
+        self.width, self.height = int(self.width), int(self.height)
+
+    def __len__(self) -> int:
+        return len(self.files)

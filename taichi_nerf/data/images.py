@@ -75,11 +75,32 @@ def downscale_area(img: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([rgb, a_mean], axis=2).astype(np.float32)
 
 
+def image_size(path: os.PathLike) -> Tuple[int, int]:
+    """(w, h) in pixels of an image file, read from its header: no pixel is decoded, so a
+    file whose pixel data is cut short still answers."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "image file not found")
+    try:
+        props = iio.improps(path)
+    except Exception as e:  # imageio raises many types for corrupt/unknown files
+        raise DataError(path, f"unreadable image: {type(e).__name__}: {e}") from None
+    shape = props.shape[1:] if props.is_batch else props.shape  # multi-frame: the first frame
+    if len(shape) < 2:
+        raise DataError(path, f"unsupported image shape {props.shape}")
+    return int(shape[1]), int(shape[0])
+
+
+def check_downscale(path: os.PathLike, size: Tuple[int, int], k: int) -> None:
+    """DataError unless an image of (w, h) `size` pixels can be shrunk by the factor k."""
+    if k > min(size):
+        raise DataError(path, f"downscale {k} is larger than the image ({size[0]}x{size[1]})")
+
+
 def _decode(path: Path, k: int) -> Tuple[np.ndarray, Tuple[int, int]]:
     raw = _decode_raw(path)
     size = (raw.shape[1], raw.shape[0])
-    if k > min(size):
-        raise DataError(path, f"downscale {k} is larger than the image ({size[0]}x{size[1]})")
+    check_downscale(path, size, k)
     # At full resolution the compact decoded dtype is kept until the copy into
     # the output, so peak memory is the output plus uint8 copies, not 2x float.
     return (raw if k == 1 else downscale_area(_to_float(raw), k)), size

@@ -14,9 +14,9 @@ from typing import List
 
 import numpy as np
 
-from .dataset import Dataset
+from .dataset import Cameras
 from .errors import DataError
-from .images import IMAGE_EXTENSIONS, load_images
+from .images import IMAGE_EXTENSIONS, check_downscale, image_size
 from .scene import fit_scene, up_alignment
 from .splits import holdout_indices
 
@@ -36,8 +36,8 @@ def llff_to_c2w(rows: np.ndarray) -> np.ndarray:
     return c2w
 
 
-def load_llff(root: Path, split: str = "train", downscale: int = 1, holdout: int = 0) -> Dataset:
-    """Load an LLFF scene; frames with index % holdout == 0 form val/test (holdout 0: all)."""
+def llff_cameras(root: Path, split: str = "train", downscale: int = 1, holdout: int = 0) -> Cameras:
+    """Cameras of an LLFF scene; frames with index % holdout == 0 form val/test (holdout 0: all)."""
     path = root / "poses_bounds.npy"
     try:
         arr = np.load(path, allow_pickle=False)
@@ -71,7 +71,9 @@ def load_llff(root: Path, split: str = "train", downscale: int = 1, holdout: int
     scene = fit_scene(c2w, depth_hint=float(np.median(bounds.mean(axis=1))), extra_points=far_points)
 
     sel = holdout_indices(len(arr), split, holdout, path)
-    pixels, (w0, h0) = load_images([files[i] for i in sel], k)
+    # the size from the first chosen image's header: decoding checks the others against it
+    w0, h0 = image_size(files[sel[0]])
+    check_downscale(files[sel[0]], (w0, h0), k)
     # hwf describes the full-size photos; rescale focal to the size actually read.
     ratio_w, ratio_h = w0 / hwf[sel, 1], h0 / hwf[sel, 0]
     if np.any(np.abs(ratio_w - ratio_h) > 0.01 * ratio_w):
@@ -79,9 +81,6 @@ def load_llff(root: Path, split: str = "train", downscale: int = 1, holdout: int
                                        f"h, w = {hwf[sel[0], 0]:g}, {hwf[sel[0], 1]:g} in {path.name}")
     f = hwf[sel, 2] * ratio_w / k
     intr = np.stack([f, f, np.full_like(f, w0 / 2 / k), np.full_like(f, h0 / 2 / k)], axis=1)
-    return Dataset(
-        images=pixels, intrinsics=intr, distortion=np.zeros((len(sel), 4)),
-        poses=c2w[sel], width=pixels.shape[2], height=pixels.shape[1],
-        scene_scale=scene.scale, scene_offset=scene.offset, aabb_scale=scene.aabb_scale,
-        background=np.ones(3, np.float32) if pixels.shape[3] == 4 else None,
-        names=[str(files[i]) for i in sel], format="llff")
+    return Cameras(poses=c2w[sel], intrinsics=intr, distortion=np.zeros((len(sel), 4)),
+                   width=w0 // k, height=h0 // k, scene=scene,
+                   files=[files[i] for i in sel], decode_factor=k, format="llff")

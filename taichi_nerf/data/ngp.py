@@ -16,11 +16,11 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from .dataset import Dataset
+from .dataset import Cameras
 from .errors import DataError
-from .scene import MAX_AABB_SCALE, NGP_SCALE, is_power_of_two
+from .scene import MAX_AABB_SCALE, NGP_SCALE, SceneTransform, is_power_of_two
 from .splits import holdout_indices
-from .transforms import load_frames, parse_frames, read_json
+from .transforms import frames_cameras, parse_frames, read_json
 
 
 def _finite(value: Any) -> bool:
@@ -57,8 +57,8 @@ def ngp_scene(meta: dict, path: Path) -> Tuple[float, np.ndarray, int]:
     return float(scale), offset, int(aabb_scale)
 
 
-def load_ngp(root: Path, split: str = "train", downscale: int = 1, holdout: int = 0) -> Dataset:
-    """Load ``root/transforms.json``; frames with index % holdout == 0 form val/test (holdout 0: all)."""
+def ngp_cameras(root: Path, split: str = "train", downscale: int = 1, holdout: int = 0) -> Cameras:
+    """Cameras of ``root/transforms.json``; frames with index % holdout == 0 form val/test (holdout 0: all)."""
     path = root / "transforms.json"
     meta = read_json(path)
     scale, offset, aabb_scale = ngp_scene(meta, path)
@@ -66,11 +66,4 @@ def load_ngp(root: Path, split: str = "train", downscale: int = 1, holdout: int 
     if not frames:
         raise DataError(path, "no frames")
     frames = [frames[i] for i in holdout_indices(len(frames), split, holdout, path)]
-    images, intr, dist, poses = load_frames(frames, downscale)
-    return Dataset(
-        images=images, intrinsics=intr, distortion=dist, poses=poses,
-        width=images.shape[2], height=images.shape[1],
-        scene_scale=scale, scene_offset=offset, aabb_scale=aabb_scale,
-        # Real photos have no background; synthetic RGBA scenes are evaluated on white.
-        background=np.ones(3, np.float32) if images.shape[3] == 4 else None,
-        names=[str(f.image) for f in frames], format="ngp")
+    return frames_cameras(frames, downscale, SceneTransform(scale, offset, aabb_scale), "ngp")

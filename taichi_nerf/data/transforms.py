@@ -1,4 +1,4 @@
-"""Parsing shared by the Blender and instant-ngp ``transforms*.json`` formats."""
+"""Parsing shared by the Blender and instant-ngp ``transforms*.json`` formats: frames -> Cameras."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,10 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .dataset import Cameras
 from .errors import DataError
-from .images import IMAGE_EXTENSIONS, load_images
+from .images import IMAGE_EXTENSIONS, check_downscale, image_size
+from .scene import SceneTransform
 
 # Keys a frame may override from the file's top level (instant-ngp allows both).
 CAMERA_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y",
@@ -146,15 +148,21 @@ def frame_camera(frame: Frame, width: int, height: int) -> Tuple[np.ndarray, np.
     return intr, dist
 
 
-def load_frames(frames: Sequence[Frame], downscale: int
-                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Images (N, H, W, C), intrinsics (N, 4) divided by ``downscale``, distortion (N, 4), poses (N, 4, 4)."""
-    for f in frames:  # malformed camera keys fail before any image is decoded
+def frames_cameras(frames: Sequence[Frame], downscale: int, scene: SceneTransform,
+                   fmt: str) -> Cameras:
+    """The Cameras of JSON frames, their images downscaled by ``downscale``, without decoding an
+    image: the full-resolution size is the JSON's ``w`` and ``h`` of frame 0, else its image
+    header (all frames share it; decoding checks that)."""
+    for f in frames:  # malformed camera keys fail before any image file is opened
         frame_camera(f, 1, 1)
-    images, (w0, h0) = load_images([f.image for f in frames], downscale,
-                                   [expected_size(f) for f in frames])
+    w0, h0 = expected_size(frames[0])
+    if w0 is None or h0 is None:
+        w0, h0 = image_size(frames[0].image)
+    check_downscale(frames[0].image, (w0, h0), downscale)
     cams = [frame_camera(f, w0, h0) for f in frames]
-    intr = np.stack([c[0] for c in cams]) / downscale
-    dist = np.stack([c[1] for c in cams])
-    poses = np.stack([f.c2w for f in frames])
-    return images, intr, dist, poses
+    return Cameras(poses=np.stack([f.c2w for f in frames]),
+                   intrinsics=np.stack([c[0] for c in cams]) / downscale,
+                   distortion=np.stack([c[1] for c in cams]),
+                   width=w0 // downscale, height=h0 // downscale, scene=scene,
+                   files=[f.image for f in frames], decode_factor=downscale,
+                   expected_sizes=[expected_size(f) for f in frames], format=fmt)
