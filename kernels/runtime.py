@@ -25,13 +25,15 @@ class TaichiRuntime:
     """What :func:`init` chose: Taichi arch name, CPU threads, why, and which ti.init it was.
 
     ``generation`` grows with every ``ti.init``; fields and kernels made under an
-    older generation are invalid.
+    older generation are invalid. ``by_auto``: chosen by ``auto`` (not named), so a
+    later ``auto`` whose candidates exclude it may choose again.
     """
 
     arch: str
     cpu_threads: int
     reason: str
     generation: int
+    by_auto: bool = False
 
 
 _current: Optional[TaichiRuntime] = None
@@ -70,8 +72,13 @@ def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = Fa
     logs a warning for each one it cannot start), then the CPU. Vulkan is never picked
     by `auto`: without a GPU it runs on a CPU emulation (lavapipe) that is slower than
     the CPU backend; ask for it by name. Calling again with the same settings is a
-    no-op; another arch re-initialises Taichi (fields and kernels made before are then
-    invalid). ArchUnavailableError if a named arch cannot run here.
+    no-op, and so is `auto` while Taichi runs on a named arch, or on one an earlier
+    `auto` chose that is among this call's candidates (or the CPU). Otherwise Taichi
+    starts again (fields and kernels made before are then invalid): another named arch,
+    or an `auto` that cannot use what an earlier `auto` chose (the built-in scene's
+    renderer starts Taichi with the default order, before the torch side asks for an
+    `auto` without CUDA when its torch build has none). ArchUnavailableError if a named
+    arch cannot run here.
     """
     global _current, _generation
     if arch not in ARCHS:
@@ -79,12 +86,14 @@ def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = Fa
     threads = int(cpu_threads or os.cpu_count() or 1)
     if threads < 1:
         raise ValueError(f"cpu_threads must be >= 1, got {threads}")
-    if (_current is not None and arch in (_current.arch, "auto")
-            and threads == _current.cpu_threads and not debug):
+    candidates = list(default_auto_order() if auto_order is None else auto_order)
+    if (_current is not None and threads == _current.cpu_threads and not debug
+            and (arch == _current.arch
+                 or (arch == "auto" and (not _current.by_auto
+                                         or _current.arch in candidates + ["cpu"])))):
         return _current
 
     if arch == "auto":
-        candidates = list(default_auto_order() if auto_order is None else auto_order)
         reason = ""
         chosen = None
         for cand in candidates:
@@ -116,7 +125,7 @@ def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = Fa
 
     _generation += 1
     _current = TaichiRuntime(arch=chosen, cpu_threads=threads, reason=reason,
-                             generation=_generation)
+                             generation=_generation, by_auto=arch == "auto")
     return _current
 
 

@@ -103,8 +103,10 @@ def current() -> Runtime:
                            "(or pass --arch to the CLI) before running kernels")
     if _current is None or _current.generation != rt.generation:
         # Taichi was (re)started through kernels.runtime.init: a Runtime of an older
-        # ti.init would hand out its invalid fields (ops caches them by generation)
-        return init(rt.arch, cpu_threads=rt.cpu_threads)
+        # ti.init would hand out its invalid fields (ops caches them by generation). An
+        # `auto` start (the built-in scene's renderer in data/) is taken as `auto` here,
+        # so it is kept unless torch cannot share its device (CUDA without a CUDA torch)
+        return init("auto" if rt.by_auto else rt.arch, cpu_threads=rt.cpu_threads)
     return _current
 
 

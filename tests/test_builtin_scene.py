@@ -235,3 +235,67 @@ def test_one_look_at_for_the_scene_and_the_camera_paths():
         # looking down -z at the origin
         np.testing.assert_allclose(-c2w[:3, 2], -c2w[:3, 3] / np.linalg.norm(c2w[:3, 3]),
                                    atol=1e-12)
+
+
+def test_the_renderer_starts_taichi_without_torch():
+    """data/ starts Taichi through the torch-free kernels.runtime when nothing has yet."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from taichi_nerf.data import builtin\n"
+            "from taichi_nerf.kernels import runtime\n"
+            "assert runtime.current() is None\n"
+            "rgba, _ = builtin.render_view(builtin.builtin_cameras()['test'][0], 8, 8)\n"
+            "assert runtime.current().arch == 'cpu' and runtime.current().by_auto\n"
+            "assert rgba.shape == (8, 8, 4) and rgba[..., 3].max() > 0\n")
+    env = dict(__import__("os").environ, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_render_survives_a_new_taichi_runtime(cpu):
+    """Nothing of the renderer belongs to one ti.init: after Taichi starts again (another
+    arch, or here other settings) the same view renders the same."""
+    from taichi_nerf.kernels import runtime as ti_runtime
+
+    c2w = builtin.builtin_cameras()["val"][0]
+    before = builtin.render_view(c2w, 16, 16)
+    first = ti_runtime.current().generation
+    try:
+        assert ti_runtime.init("cpu", cpu_threads=1).generation > first
+        after = builtin.render_view(c2w, 16, 16)
+    finally:
+        runtime.init("cpu")
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+
+
+def test_torch_auto_chooses_again_after_the_renderer_took_cuda(cpu, monkeypatch):
+    """On a CUDA machine whose torch has no CUDA, the renderer's `auto` (torch-free, so it
+    cannot know) starts Taichi on CUDA; the torch side's `auto` must then move to the CPU
+    rather than fail, while a CUDA the user named is kept (and refused, as before)."""
+    import torch
+    from taichi_nerf.kernels import runtime as ti_runtime
+
+    real = ti_runtime._try_init
+    # CUDA "starts" (nothing is initialised, nothing runs on it in this test)
+    monkeypatch.setattr(ti_runtime, "_try_init",
+                        lambda arch, *a: True if arch == "cuda" else real(arch, *a))
+    monkeypatch.setattr(ti_runtime, "default_auto_order", lambda: ("cuda",))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    try:
+        ti_runtime._current = None  # as in a fresh process
+        builtin._ensure_runtime()
+        assert ti_runtime.current().arch == "cuda" and ti_runtime.current().by_auto
+        rt = runtime.current()  # the torch side takes over without an init of its own
+        assert rt.arch == "cpu" and rt.torch_device.type == "cpu"
+        assert "no CUDA-enabled torch" in rt.reason
+        assert ti_runtime.current().arch == "cpu" and ti_runtime.current().by_auto
+        assert runtime.init("auto") is rt  # nothing to choose again
+        ti_runtime._current = None
+        ti_runtime.init("cuda")  # named: kept by a later auto, so torch refuses it clearly
+        with pytest.raises(runtime.ArchUnavailableError, match="no CUDA support"):
+            runtime.init("auto")
+    finally:
+        ti_runtime._current = None
+        runtime.init("cpu")

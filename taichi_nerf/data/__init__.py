@@ -1,8 +1,8 @@
 """Dataset loaders (numpy + imageio only; no torch, no taichi), and the built-in scene.
 
 The built-in scene (``data.builtin``, ``data.builtin_variants``; not imported here) is the
-exception: it renders its images with a Taichi kernel, and starts Taichi through
-``taichi_nerf.runtime`` (which imports torch) when it has to render.
+exception: it renders its images with a Taichi kernel, and starts Taichi through the
+torch-free ``taichi_nerf.kernels.runtime`` when it has to render and nothing has yet.
 
 ``load_dataset(path, split, downscale, holdout, scene)`` detects the format of
 a folder and returns a ``Dataset`` (see dataset.py for fields and units);

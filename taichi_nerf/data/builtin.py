@@ -27,6 +27,7 @@ import numpy as np
 import taichi as ti
 
 from taichi_nerf.atomic import atomic_write_json
+from taichi_nerf.kernels import runtime as ti_runtime
 
 from .poses import look_at
 
@@ -535,11 +536,11 @@ def _render_kernel(table: ti.types.ndarray(dtype=ti.f32, ndim=2),
 
 
 def _ensure_runtime() -> None:
-    from taichi_nerf import runtime
-    try:
-        runtime.current()
-    except RuntimeError:
-        runtime.init("auto")
+    """Start Taichi (arch auto) unless it runs already: the renderer needs it, and nothing in
+    the data layer needs torch. Nothing here outlives a later ``init`` on another arch: the
+    kernel takes numpy arrays only and Taichi compiles it again for the new runtime."""
+    if ti_runtime.current() is None:
+        ti_runtime.init("auto")
 
 
 def render_view(c2w: np.ndarray, width: int, height: int,
