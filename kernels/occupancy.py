@@ -71,15 +71,6 @@ def axis_cell(x, c, res: int) -> np.ndarray:
     return np.clip(np.floor(q), 0, res - 1).astype(np.int64)
 
 
-def point_cell_index(p, n_cascades: int, res: int) -> np.ndarray:
-    """numpy twin of ``cell_index(cascade_of(p), cell_coords(p))``: flat cell (...) int64 of
-    model points p (..., 3), clamped to the outermost cascade."""
-    p = np.asarray(p, np.float32)
-    c = axis_cascade(p, n_cascades).max(-1)
-    cell = axis_cell(p, c[..., None], res)
-    return c * res ** 3 + cell[..., 0] + cell[..., 1] * res + cell[..., 2] * res * res
-
-
 @ti.func
 def cell_of_index(i, res):
     """Flat cell index -> (cascade, vec3 i32 cell): the inverse of :func:`cell_index`."""

@@ -3,6 +3,7 @@ import os
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,6 +57,19 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max(|b|): relative error of a against reference b."""
     a, b = a.double().cpu(), b.double().cpu()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+
+
+def point_cell_index(p, n_cascades: int, res: int) -> np.ndarray:
+    """Flat occupancy cell (...) int64 of model points p (..., 3), clamped to the outermost
+    cascade: ``cell_index(cascade_of(p), cell_coords(p))`` composed from the numpy twins
+    that export's per-axis lookup uses. The tests' point-at-a-time oracle; no production
+    code looks cells up one point at a time in numpy."""
+    from taichi_nerf.kernels.occupancy import axis_cascade, axis_cell
+
+    p = np.asarray(p, np.float32)
+    c = axis_cascade(p, n_cascades).max(-1)
+    cell = axis_cell(p, c[..., None], res)
+    return c * res ** 3 + cell[..., 0] + cell[..., 1] * res + cell[..., 2] * res * res
 
 
 # ---- a small trained run of the built-in scene, shared by the end-to-end tests

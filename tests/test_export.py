@@ -23,7 +23,7 @@ from taichi_nerf.data import builtin
 from taichi_nerf.data.scene import SceneTransform
 from taichi_nerf.trainer import load_model
 
-from conftest import assert_one_line_error, cli
+from conftest import assert_one_line_error, cli, point_cell_index
 
 # ------------------------------------------------------------------ test helpers
 # Readers and topology checks of the meshes export writes: only the tests need them.
@@ -98,8 +98,6 @@ def connected_components(n_vertices: int, faces: np.ndarray) -> np.ndarray:
 def occupied_at_points(grid, pts: torch.Tensor, dilate: int = 1) -> torch.Tensor:
     """bool (K,): model points (K,3) inside an occupied cell (dilated by `dilate` cells), one
     point at a time: the plain rule that export's per-axis lookup must reproduce."""
-    from taichi_nerf.kernels.occupancy import point_cell_index
-
     occ = ex.occupied_cells(grid, dilate).reshape(-1)
     idx = point_cell_index(pts.detach().cpu().numpy(), grid.spec.n_cascades, grid.spec.resolution)
     return occ[torch.from_numpy(idx).to(occ.device)]

@@ -10,6 +10,8 @@ from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
 from taichi_nerf.occupancy import OccupancyGrid
 
+from conftest import point_cell_index
+
 
 def ball_density(centre=0.5, radius=0.2, sigma=500.0):
     """sigma inside a ball of the model box, zero outside."""
@@ -202,7 +204,7 @@ def test_numpy_cell_lookup_equals_the_taichi_rule(arch):
     out = np.zeros(len(p), np.int32)
     _taichi_cell_index(p, n, res, out)
     ti.sync()
-    np.testing.assert_array_equal(occ_k.point_cell_index(p, n, res), out)
+    np.testing.assert_array_equal(point_cell_index(p, n, res), out)
 
 
 def test_schedule_matches_instant_ngp(cpu_runtime):
