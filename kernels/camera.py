@@ -74,6 +74,14 @@ def camera_ray(u, v, intr, dist, rot, origin):
     return origin, d / d.norm()
 
 
+# Where a ray with an out-of-range camera index starts, and its direction: far outside any
+# model box (at most MAX_AABB_SCALE wide around 0.5) and pointing away from it, so marching
+# finds no sample. Finite on purpose: NaN rays could walk forever (NaN never ends a walk,
+# and fast math does not promise NaN comparisons).
+MISS_ORIGIN = 1.0e6
+MISS_DIR = 0.5773502691896258  # 1 / sqrt(3): a unit (1, 1, 1) direction
+
+
 @ti.kernel
 def generate_rays(pix: ti.types.ndarray(dtype=ti.f32, ndim=2),
                   cam_index: ti.types.ndarray(dtype=ti.i32, ndim=1),
@@ -81,19 +89,31 @@ def generate_rays(pix: ti.types.ndarray(dtype=ti.f32, ndim=2),
                   distortion: ti.types.ndarray(dtype=ti.f32, ndim=2),
                   c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
                   rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                  rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+                  rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  bad_count: ti.types.ndarray(dtype=ti.i32, ndim=1)):
     """pix (R,2) pixel coords (u, v) incl. the +0.5, cam_index (R,), intrinsics (N,4)
     fx fy cx cy, distortion (N,4) k1 k2 p1 p2, c2w (N,3,4) or (N,4,4)
-    -> rays_o, rays_d (R,3), unit directions, in c2w's space. Indices are not checked."""
+    -> rays_o, rays_d (R,3), unit directions, in c2w's space. A camera index outside
+    [0, N) reads nothing: its ray starts at MISS_ORIGIN (x, y, z) pointing away from the
+    scene, and bad_count[0] (1,) grows by one (callers read it when a host sync is cheap)."""
+    n_cams = intrinsics.shape[0]
     for r in range(pix.shape[0]):
         c = cam_index[r]
-        intr = ti.Vector([intrinsics[c, 0], intrinsics[c, 1], intrinsics[c, 2], intrinsics[c, 3]])
-        dist = ti.Vector([distortion[c, 0], distortion[c, 1], distortion[c, 2], distortion[c, 3]])
-        rot = ti.Matrix([[c2w[c, 0, 0], c2w[c, 0, 1], c2w[c, 0, 2]],
-                         [c2w[c, 1, 0], c2w[c, 1, 1], c2w[c, 1, 2]],
-                         [c2w[c, 2, 0], c2w[c, 2, 1], c2w[c, 2, 2]]])
-        t = ti.Vector([c2w[c, 0, 3], c2w[c, 1, 3], c2w[c, 2, 3]])
-        o, d = camera_ray(pix[r, 0], pix[r, 1], intr, dist, rot, t)
-        for k in ti.static(range(3)):
-            rays_o[r, k] = o[k]
-            rays_d[r, k] = d[k]
+        if c < 0 or c >= n_cams:
+            ti.atomic_add(bad_count[0], 1)
+            for k in ti.static(range(3)):
+                rays_o[r, k] = MISS_ORIGIN
+                rays_d[r, k] = MISS_DIR
+        else:
+            intr = ti.Vector([intrinsics[c, 0], intrinsics[c, 1], intrinsics[c, 2],
+                              intrinsics[c, 3]])
+            dist = ti.Vector([distortion[c, 0], distortion[c, 1], distortion[c, 2],
+                              distortion[c, 3]])
+            rot = ti.Matrix([[c2w[c, 0, 0], c2w[c, 0, 1], c2w[c, 0, 2]],
+                             [c2w[c, 1, 0], c2w[c, 1, 1], c2w[c, 1, 2]],
+                             [c2w[c, 2, 0], c2w[c, 2, 1], c2w[c, 2, 2]]])
+            t = ti.Vector([c2w[c, 0, 3], c2w[c, 1, 3], c2w[c, 2, 3]])
+            o, d = camera_ray(pix[r, 0], pix[r, 1], intr, dist, rot, t)
+            for k in ti.static(range(3)):
+                rays_o[r, k] = o[k]
+                rays_d[r, k] = d[k]

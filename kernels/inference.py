@@ -189,7 +189,8 @@ class NerfModel:
             R = p.shape[0]
             rays_o = self._new(ti.f32, (R, 3))
             rays_d = self._new(ti.f32, (R, 3))
-            generate_rays(p, np.zeros(R, np.int32), intr, dist, c2w, rays_o, rays_d)
+            generate_rays(p, np.zeros(R, np.int32), intr, dist, c2w, rays_o, rays_d,
+                          np.zeros(1, np.int32))  # one camera, index 0: never bad
             parts.append(self.render_rays(rays_o, rays_d, self.background if bg is None else bg))
         out = {k: np.concatenate([q[k] for q in parts]) for k in ("rgb", "depth", "opacity")}
         return {"rgb": out["rgb"].reshape(height, width, 3),

@@ -9,7 +9,7 @@ come back in the same space as the poses.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -48,8 +48,8 @@ def _check_rays(pix: torch.Tensor, cam_index: torch.Tensor, n_cams: int,
                 dtype: torch.dtype) -> None:
     check_tensor(pix, "pixel coordinates", (None, 2), dtype)
     check_tensor(cam_index, "camera indices", (pix.shape[0],), torch.int32)
-    # unchecked (GPU, see ops.CHECK_DEVICE_VALUES) indices must be valid: the kernel reads
-    # camera cam_index[r] unguarded; the trainer's come from randint over its images
+    # unchecked (GPU, see ops.CHECK_DEVICE_VALUES) indices are guarded in the kernel
+    # instead: a bad one reads nothing and is counted (bad_camera_indices)
     if cam_index.numel() and checks_values(cam_index):
         lo, hi = (int(v) for v in torch.aminmax(cam_index))
         if lo < 0 or hi >= n_cams:
@@ -57,11 +57,36 @@ def _check_rays(pix: torch.Tensor, cam_index: torch.Tensor, n_cams: int,
                              f"[{lo}, {hi}]")
 
 
+# Per device, how many rays had a camera index outside [0, N) where indices go unchecked
+# (off the CPU): the kernel counts them on the device, so making rays never waits for it.
+_bad_counts: Dict[torch.device, torch.Tensor] = {}
+
+
+def _bad_counter(device: torch.device) -> torch.Tensor:
+    if device not in _bad_counts:
+        _bad_counts[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _bad_counts[device]
+
+
+def bad_camera_indices(device: Optional[torch.device] = None) -> int:
+    """How many rays made on `device` (default: the runtime's) since the last call had a
+    camera index outside [0, N), and resets the count. Such indices are checked on the host
+    only for CPU tensors (or with ops.CHECK_DEVICE_VALUES); elsewhere the kernel gives those
+    rays a start far outside the scene, pointing away (no samples), and counts them. Reading
+    the count waits for the device: call it where a host sync is paid anyway (logging,
+    checkpoints)."""
+    counter = _bad_counter(torch.device(device) if device is not None else runtime.device())
+    n = int(counter[0])
+    counter.zero_()
+    return n
+
+
 def generate_rays(pix: torch.Tensor, cam_index: torch.Tensor, intrinsics: torch.Tensor,
                   distortion: torch.Tensor, c2w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rays through pixels: pix (R,2) float32 (u, v) incl. +0.5, cam_index (R,) int32,
     intrinsics (N,4) fx fy cx cy, distortion (N,4) k1 k2 p1 p2, c2w (N,3|4,4) model space
-    -> rays_o, rays_d (R,3) float32, unit directions. Not differentiable."""
+    -> rays_o, rays_d (R,3) float32, unit directions. Not differentiable. A camera index
+    outside [0, N) raises on the CPU; elsewhere see :func:`bad_camera_indices`."""
     n = _check_cameras(intrinsics, distortion, c2w, torch.float32)
     _check_rays(pix, cam_index, n, torch.float32)
     tensors = (pix, cam_index, intrinsics, distortion, c2w)
@@ -74,7 +99,7 @@ def generate_rays(pix: torch.Tensor, cam_index: torch.Tensor, intrinsics: torch.
     rays_d = torch.empty(R, 3, dtype=torch.float32, device=pix.device)
     if R:
         camera_k.generate_rays(pix.detach(), cam_index, intrinsics.detach(), distortion.detach(),
-                               c2w.detach(), rays_o, rays_d)
+                               c2w.detach(), rays_o, rays_d, _bad_counter(pix.device))
     return rays_o, rays_d
 
 

@@ -114,3 +114,34 @@ def test_checks_values_follows_the_device(monkeypatch):
     assert ops.checks_values(torch.zeros(2, device="meta")) is False
     monkeypatch.setattr(ops, "CHECK_DEVICE_VALUES", True)
     assert ops.checks_values(torch.zeros(2, device="meta"))
+
+
+def test_bad_camera_index_off_the_cpu_reads_nothing_and_is_counted(cpu_runtime, gen, as_on_gpu,
+                                                                    count_syncs):
+    """Unchecked (as on a GPU), an out-of-range camera index costs no host sync: the kernel
+    reads no camera for it, aims its ray away from any model box (no samples) and counts it
+    for cameras.bad_camera_indices; good rows are untouched."""
+    cpu = torch.device("cpu")
+    intr = torch.tensor([[20.0, 20.0, 8.0, 8.0], [30.0, 30.0, 8.0, 8.0]])
+    dist = torch.zeros(2, 4)
+    c2w = torch.eye(4)[None, :3].repeat(2, 1, 1).contiguous()
+    pix = torch.rand(6, 2, generator=gen) * 16
+    cam = torch.tensor([0, 2, -1, 1, 1 << 30, 0], dtype=torch.int32)
+    good = (cam >= 0) & (cam < 2)
+    cameras.bad_camera_indices(cpu)  # start from zero
+    with count_syncs() as syncs:
+        o, d = cameras.generate_rays(pix, cam, intr, dist, c2w)
+    assert syncs.n == 0
+    ref_o, ref_d = cameras.generate_rays_reference(pix[good], cam[good], intr, dist, c2w)
+    assert torch.allclose(o[good].double(), ref_o) and torch.allclose(d[good].double(), ref_d,
+                                                                      atol=1e-6)
+    assert torch.isfinite(o).all() and torch.isfinite(d).all()
+    # the widest model box there is (aabb_scale 128: 8 cascades), fully occupied
+    occ = OccupancySpec(n_cascades=8, resolution=16)
+    full = torch.full((occ.n_words,), -1, dtype=torch.int32)
+    s = ops.march_rays(o[~good].contiguous(), d[~good].contiguous(), full, occ,
+                       MarchSpec(min_step=0.02, max_step=0.02, max_samples=256),
+                       torch.rand(3, generator=gen))
+    assert s.n_samples == 0
+    assert cameras.bad_camera_indices(cpu) == 3
+    assert cameras.bad_camera_indices(cpu) == 0  # reading resets
