@@ -71,9 +71,11 @@ def check_positive(option: str, value: Optional[float]) -> None:
 
 
 def default_run_folder(data: str) -> Path:
-    """runs/<data name> (runs/builtin-room for 'builtin:room')."""
-    return Path("runs") / (data.replace(":", "-") if is_builtin(data)
-                           else Path(data).resolve().name)
+    """runs/<data name> (runs/builtin-room for 'builtin:room', runs/clip for clip.mp4)."""
+    if is_builtin(data):
+        return Path("runs") / data.replace(":", "-")
+    p = Path(data).resolve()
+    return Path("runs") / (p.stem if p.is_file() else p.name)
 
 
 def train_config(steps: Optional[int] = None, time: Optional[float] = None, seed: int = 0,
@@ -126,6 +128,10 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
     if resume and not (out / CHECKPOINT_NAME).exists():
         raise OptionError(None, f"{out / CHECKPOINT_NAME}: no checkpoint to resume from")
     root = resolve_data(data, progress)
+    if not is_builtin(data):
+        from taichi_nerf.process import needs_processing, process_for_training
+        if needs_processing(root):  # a video or bare photos: made a COLMAP folder in RUN/data
+            root = process_for_training(root, out / "data", progress=progress)
     fmt = detect_format(root)
     train = load_dataset(root, "train", downscale, holdout)
     if aabb_scale is not None:

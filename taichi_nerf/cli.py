@@ -1,5 +1,5 @@
-"""`taichi-nerf` command line: train, view, eval, render, export, bench (argparse: standard, no
-extra dependency)."""
+"""`taichi-nerf` command line: train, view, eval, render, export, bench, process (argparse:
+standard, no extra dependency)."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,8 @@ def _aabb_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from taichi_nerf.process.sfm import CAMERA_MODELS, MATCHING  # names only, no pycolmap
+
     ap = argparse.ArgumentParser(
         prog="taichi-nerf",
         description="Instant-NGP-style neural radiance fields on Taichi kernels "
@@ -44,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="?", default=BUILTIN,
                    help="dataset folder, or 'builtin' (default) for the built-in scene; "
                         "'builtin:room' (cameras inside a room, COLMAP) and 'builtin:forward' "
-                        "(a forward-facing capture, LLFF) are its real-capture-shaped variants")
+                        "(a forward-facing capture, LLFF) are its real-capture-shaped variants; "
+                        "a video file or a folder of photos is run through `process` into "
+                        "RUN/data first")
     t.add_argument("--out", type=Path, default=None,
                    help="run folder to write (default: runs/<data name>)")
     budget = t.add_mutually_exclusive_group()
@@ -237,6 +241,37 @@ def _parser() -> argparse.ArgumentParser:
                         "splits)")
     b.add_argument("--json", type=Path, help="also write the raw results here")
     _arch_arg(b)
+    pr = sub.add_parser(
+        "process", help="turn a video or a folder of photos into a COLMAP dataset",
+        description="Pick sharp frames from a video (or take a folder of photos), recover the "
+                    "cameras with structure from motion (pycolmap: SIFT, matching, incremental "
+                    "mapping, one shared camera) and write a COLMAP folder that `taichi-nerf "
+                    "train DATA` reads: DATA/images/, DATA/sparse/0/*.bin and DATA/"
+                    "process.json (frames, registered images, reprojection error, seconds "
+                    "per stage). Needs the optional extra: pip install \"taichi-nerf[process]\".")
+    pr.add_argument("input", type=Path, help="video file (.mp4, .mov, .avi, .mkv, .webm, ...) "
+                                             "or a folder of photos")
+    pr.add_argument("--out", type=Path, required=True, metavar="DATA",
+                    help="dataset folder to write")
+    pr.add_argument("--frames", type=int, default=None, metavar="N",
+                    help="video: take the sharpest frame of each of N equal windows of the "
+                         "clip (default 100); photos are all used")
+    pr.add_argument("--downscale", type=int, default=1, metavar="K",
+                    help="shrink the images written to DATA/images by this integer factor")
+    pr.add_argument("--matching", choices=MATCHING, default=None,
+                    help="which image pairs to match (default: sequential for a video, "
+                         "exhaustive for photos)")
+    pr.add_argument("--camera-model", default="SIMPLE_RADIAL",
+                    choices=CAMERA_MODELS,
+                    help="COLMAP camera model shared by all images (default SIMPLE_RADIAL; "
+                         "the models `train` reads)")
+    pr.add_argument("--force", action="store_true",
+                    help="write into a non-empty DATA, replacing its images/, sparse/ and "
+                         "process.json")
+    pr.add_argument("--keep-database", action="store_true",
+                    help="keep COLMAP's DATA/database.db (features and matches; large)")
+    pr.add_argument("--verbose", action="store_true", help="show COLMAP's own log lines")
+    pr.add_argument("--quiet", action="store_true", help="no progress output")
     return ap
 
 
@@ -407,6 +442,15 @@ def cmd_view(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_process(a: argparse.Namespace) -> int:
+    from taichi_nerf.process import process
+
+    process(a.input, a.out, frames=a.frames, downscale=a.downscale, matching=a.matching,
+            camera_model=a.camera_model, force=a.force, keep_database=a.keep_database,
+            progress=not a.quiet, verbose=a.verbose)
+    return 0
+
+
 def bench_exit_code(results: Dict[str, Any]) -> int:
     """`bench`'s exit code for its results: 0, or 1 after one stderr line naming what failed."""
     from taichi_nerf.bench.kernels import check_result
@@ -466,18 +510,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from taichi_nerf.checkpoint import CheckpointError
     from taichi_nerf.data import DataError
     from taichi_nerf.export import ExportError
+    from taichi_nerf.process import ProcessError
     from taichi_nerf.render_cli import RenderError
     from taichi_nerf.runtime import ArchUnavailableError
     from taichi_nerf.trainer import TrainingDiverged
     from taichi_nerf.viewer import ViewerError
 
     handlers = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view,
-                "bench": cmd_bench, "export": cmd_export}
+                "bench": cmd_bench, "export": cmd_export, "process": cmd_process}
     try:
         return handlers[args.command](args)
     # the library's own errors carry one-line messages meant for the user
     except (CLIError, DataError, CheckpointError, ArchUnavailableError, ViewerError, ExportError,
-            RenderError) as e:
+            RenderError, ProcessError) as e:
         print(f"taichi-nerf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

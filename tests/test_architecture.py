@@ -106,6 +106,24 @@ def test_torch_building_blocks_do_not_import_the_layers_above(module):
     assert violations(files, lambda n: within(n, UPPER)) == []
 
 
+def test_process_sits_at_the_data_layer():
+    """`process` (video/photos -> COLMAP folder) builds on data/ and atomic only: no torch,
+    no Taichi runtime, nothing above; pycolmap and imageio-ffmpeg are its optional extras."""
+    allowed = tuple(f"{PACKAGE}.{m}" for m in ("data", "atomic", "process"))
+
+    def forbidden(name):
+        if within(name, ("torch", "taichi")):
+            return True
+        return within(name, (PACKAGE,)) and name != PACKAGE and not within(name, allowed)
+
+    assert violations(sources("taichi_nerf/process"), forbidden) == []
+
+
+def test_data_loaders_do_not_import_process():
+    assert violations(sources("taichi_nerf/data"),
+                      lambda n: within(n, (f"{PACKAGE}.process",))) == []
+
+
 def test_nothing_in_the_package_imports_the_cli():
     files = [p for p in sources(PACKAGE, "kernels") if p != ROOT / PACKAGE / "cli.py"]
     assert violations(files, lambda n: within(n, (f"{PACKAGE}.cli",))) == []
