@@ -29,6 +29,7 @@ from taichi_nerf.render import Renderer
 
 # TrainConfig settings that set parameter shapes (a resume must keep them), and those of
 # them that `taichi-nerf train` takes as options (--aabb-scale is the scene's)
+LOSS_READ_EVERY = 10  # steps between host readouts of the loss (progress bar, divergence)
 SHAPE_SETTINGS = ("log2_table", "n_levels", "finest_resolution", "occ_resolution")
 CLI_SETTINGS = ("log2_table", "aabb_scale")
 C2F_RAMP_PHOTOS = 0.5  # share of the budget over which fine levels join, for photos
@@ -265,8 +266,10 @@ class Trainer:
         jitter = torch.rand(n_rays, generator=g).to(self.device)
         return RayBatch(o, dirs, bg, target, jitter, depth.to(self.device), img.to(self.device))
 
-    def train_step(self) -> Dict[str, float]:
-        """One optimisation step; returns loss, psnr, rays and samples of the step."""
+    def train_step(self, read_loss: bool = True) -> Dict[str, Any]:
+        """One optimisation step -> rays, samples, the loss as a 0-d tensor ("mse") and, with
+        read_loss, its value and PSNR as floats ("loss", "psnr"; raises TrainingDiverged on
+        NaN/inf). read_loss=False keeps the step free of that host sync (CUDA)."""
         cfg = self.config
         if self.c2f_ramp > 0:
             p = cfg.budget_progress(self.step, self.elapsed)
@@ -290,8 +293,6 @@ class Trainer:
             loss = loss + cfg.sparse_depth * sparse_depth_loss(
                 out["sigma"], smp.t, smp.dt, smp.rays, smp.ray_index, depth[:out["n_rays"]],
                 cfg.sparse_depth_tolerance)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -305,9 +306,24 @@ class Trainer:
         self.samples_seen += n_samples
         self.rays_seen += out["n_rays"]
         self.step += 1
-        mse = mse_t.item()
-        return {"loss": mse, "psnr": -10 * math.log10(max(mse, 1e-12)),
-                "rays": out["n_rays"], "samples": n_samples}
+        stats: Dict[str, Any] = {"mse": mse_t.detach(), "rays": out["n_rays"],
+                                 "samples": n_samples}
+        if read_loss:
+            stats.update(self.read_loss(loss.detach(), mse_t.detach()))
+        return stats
+
+    def read_loss(self, loss: torch.Tensor, mse: torch.Tensor) -> Dict[str, float]:
+        """Host readout of a step's total loss and MSE (0-d tensors) -> loss (the MSE) and
+        PSNR; raises TrainingDiverged when the total or a parameter is NaN/inf. Parameters
+        are checked too: NaN densities empty the occupancy grid, after which the loss of
+        background-only renders is finite again."""
+        bad = sum((~torch.isfinite(p)).sum() for p in self.field.parameters())
+        total, value, n_bad = torch.stack([loss, mse, bad.to(loss.dtype)]).tolist()
+        if not math.isfinite(total) or n_bad:
+            what = f"loss became {total}" if not math.isfinite(total) else \
+                f"{int(n_bad)} parameters became non-finite"
+            raise TrainingDiverged(f"{what} at step {self.step}")
+        return {"loss": value, "psnr": -10 * math.log10(max(value, 1e-12))}
 
     def set_lr(self) -> None:
         """Exponential decay to lr * lr_final_factor over the second half of the budget."""
@@ -498,10 +514,12 @@ def run_training(trainer: Trainer, out_dir: Path, val: Optional[Dataset] = None,
         while not cfg.done(trainer.step, trainer.elapsed):
             trainer.set_lr()
             t0 = time.perf_counter()
-            last = trainer.train_step()
+            # the loss is read on the host (a sync on CUDA) only for the progress bar
+            show = (trainer.step + 1) % LOSS_READ_EVERY == 0 or trainer.step == 0
+            last = trainer.train_step(read_loss=show)
             dt = time.perf_counter() - t0
             trainer.elapsed = time.perf_counter() - start
-            if trainer.step % 10 == 0 or trainer.step == 1:
+            if show:
                 bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{last['psnr']:.2f}",
                                 samples_s=f"{last['samples'] / max(dt, 1e-9):.3g}",
                                 rays=last["rays"], refresh=False)
@@ -517,6 +535,8 @@ def run_training(trainer: Trainer, out_dir: Path, val: Optional[Dataset] = None,
         bar.write("interrupted: saving a checkpoint")
     finally:
         bar.close()
+    if last and "psnr" not in last:
+        last.update(trainer.read_loss(last["mse"], last["mse"]))
     trainer.save(ckpt)
     metrics: Dict[str, Any] = {
         "steps": trainer.step, "train_seconds": trainer.elapsed,
