@@ -171,6 +171,7 @@ def test_process_recovers_the_orbit(processed, orbit_video):
     assert report["sparse_points"] > 500 and 0 < report["mean_reprojection_error"] < 1.5
     assert set(report["seconds"]) == {"frames", "features", "matching", "mapping", "total"}
     assert report["pycolmap_version"] and report["matching"] == "sequential"
+    assert report["suspect_pose_jumps"] == []  # 3.6 degrees a frame: no jump to flag
     for k in range(1, 5):
         assert f"stage {k}/4" in stdout
     assert f"registered {report['images_registered']} of {N_FRAMES}" in stdout

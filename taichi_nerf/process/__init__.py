@@ -169,6 +169,10 @@ def process(input: PathLike, out: PathLike, *, frames: Optional[int] = None, dow
         "mean_reprojection_error": round(res.reprojection_error, 4),
         "sparse_points": res.points, "camera_params": res.camera_params, "seconds": seconds,
     })
+    if kind == "video":
+        # frames a fraction of a second apart cannot turn this much: mis-registered poses
+        report["suspect_pose_jumps"] = [{"from": a, "to": b, "degrees": d}
+                                        for a, b, d in res.rotation_jumps]
     atomic_write_json(out / REPORT_NAME, report)
     say(f"registered {len(res.registered)} of {len(fs.names)} images, {res.points} sparse "
         f"points, mean reprojection error {res.reprojection_error:.2f} px "
@@ -180,6 +184,12 @@ def process(input: PathLike, out: PathLike, *, frames: Optional[int] = None, dow
             f"{_names(res.dropped)}")
     if res.unregistered:
         say(f"not registered ({len(res.unregistered)}): {_names(res.unregistered)}")
+    if kind == "video" and res.rotation_jumps:
+        a, b, d = max(res.rotation_jumps, key=lambda j: j[2])
+        say(f"warning: the camera turns by more than 90 degrees between consecutive frames "
+            f"{len(res.rotation_jumps)} time(s) (largest {a} -> {b}: {d:.0f} degrees): some "
+            f"poses are likely wrong (a symmetric or repetitive scene); see "
+            f"suspect_pose_jumps in {REPORT_NAME}. More varied texture in view helps")
     return report
 
 
