@@ -59,8 +59,8 @@ def orbit_positions(n: int = N_FRAMES) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def orbit_video(tmp_path_factory):
-    """(mp4 path, true camera centres (N, 3)) of the rendered orbit."""
+def orbit_frames():
+    """(N, RES, RES, 3) uint8 frames of the orbit and the true camera centres (N, 3)."""
     runtime.init("cpu")
     pos = orbit_positions()
     frames = []
@@ -68,8 +68,15 @@ def orbit_video(tmp_path_factory):
         rgba, _ = render_view(look_at(p), RES, RES, primitives=PRIMITIVES + (FLOOR,))
         rgb = rgba[..., :3] * rgba[..., 3:]  # over a black sky
         frames.append(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))
+    return np.stack(frames), pos
+
+
+@pytest.fixture(scope="module")
+def orbit_video(orbit_frames, tmp_path_factory):
+    """(mp4 path, true camera centres (N, 3)) of the rendered orbit."""
+    frames, pos = orbit_frames
     path = tmp_path_factory.mktemp("orbit") / "orbit.mp4"
-    iio.imwrite(path, np.stack(frames), plugin="FFMPEG", fps=10, quality=9)
+    iio.imwrite(path, frames, plugin="FFMPEG", fps=10, quality=9)
     return path, pos
 
 
@@ -213,6 +220,47 @@ def test_train_on_a_video_uses_the_processed_folder_in_the_run(processed, orbit_
     assert rc == 0, err
     assert "was processed into" in out and str(run / "data") in out
     assert json.loads((run / "metrics.json").read_text())["steps"] == 1
+
+
+def test_photo_folder_is_matched_exhaustively(orbit_frames, tmp_path):
+    """12 photos (PNG, the first 12 orbit frames, 43 degrees of arc) -> all registered, the
+    photos copied unchanged, exhaustive matching, the report has no video part."""
+    frames, _ = orbit_frames
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(12):
+        iio.imwrite(photos / f"IMG_{i:04d}.png", frames[i])
+    report = process(photos, tmp_path / "data", progress=False)
+    assert report["kind"] == "images" and report["matching"] == "exhaustive"
+    assert report["images_registered"] == 12 and "video" not in report
+    assert (tmp_path / "data" / "images" / "IMG_0003.png").read_bytes() == \
+        (photos / "IMG_0003.png").read_bytes()
+    assert detect_format(tmp_path / "data") == "colmap"
+
+
+def test_photos_with_an_exif_rotation_are_written_upright(tmp_path):
+    from PIL import Image
+
+    from taichi_nerf.process.frames import copy_images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pixels).save(photos / "a.jpg", exif=exif, quality=95)
+    Image.fromarray(np.rot90(pixels, -1).copy()).save(photos / "b.jpg", quality=95)
+    out = tmp_path / "images"
+    out.mkdir()
+    fs = copy_images(sorted(photos.iterdir()), out)
+    assert fs.size == (20, 40) and fs.names == ["a.jpg", "b.jpg"]
+    a, b = iio.imread(out / "a.jpg"), iio.imread(out / "b.jpg")
+    assert a.shape == b.shape == (40, 20, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 3  # a is now upright like b
+    Image.fromarray(pixels).save(photos / "c.jpg")  # 40x20 without a rotation: another size
+    with pytest.raises(ProcessError, match="one size"):
+        copy_images(sorted(photos.iterdir()), tmp_path / "images")
 
 
 # ------------------------------------------------------------------ bad input
