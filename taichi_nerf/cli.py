@@ -3,9 +3,11 @@ standard, no extra dependency)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
 
@@ -29,6 +31,80 @@ def _aabb_arg(p: argparse.ArgumentParser) -> None:
                         "cameras and of COLMAP's sparse points / LLFF's far bounds)")
 
 
+# TrainConfig fields that `train` declares by hand (the budget, the seed, validation and the
+# settings with their own wording or metavar); every other field gets a generated flag
+TRAIN_HAND_FLAGS = ("steps", "time", "seed", "eval_every", "log2_table", "sparse_depth",
+                    "appearance")
+CONFIG_GROUP = "training settings (TrainConfig)"
+
+
+class _LazyParser(argparse.ArgumentParser):
+    """An ArgumentParser that runs its `later` callbacks (adding arguments) only when it first
+    parses or formats help: the TrainConfig flags import the trainer (torch and Taichi), which
+    `taichi-nerf --help` and the other commands should not pay for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.later: List[Callable[[argparse.ArgumentParser], Any]] = []
+
+    def _complete(self) -> None:
+        """Run the pending callbacks once."""
+        while self.later:
+            self.later.pop(0)(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        """argparse's parse_known_args, after adding the pending arguments."""
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        """argparse's help, after adding the pending arguments."""
+        self._complete()
+        return super().format_help()
+
+
+def _flag_type(annotation: Any) -> Optional[type]:
+    """int, float or bool for an annotation of one of them or Optional[one]; else None."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union and len(args) == 2 and type(None) in args:
+        annotation = args[0] if args[1] is type(None) else args[1]
+    return annotation if annotation in (int, float, bool) else None
+
+
+def _config_args(parser: argparse.ArgumentParser, config_cls: type,
+                 skip: Sequence[str] = ()) -> List[str]:
+    """Add --field-name (default None: the dataclass's default) for each field of config_cls
+    not in skip, in the argument group CONFIG_GROUP -> the field names added."""
+    group = parser.add_argument_group(
+        CONFIG_GROUP, "every other trainer setting; unset ones keep the trainer's default")
+    hints = typing.get_type_hints(config_cls)
+    added = []
+    for f in dataclasses.fields(config_cls):
+        kind = _flag_type(hints[f.name])
+        # a field of another type (none today) would need its own parsing: it gets no flag,
+        # and tests/test_cli_config.py fails until it is declared by hand or listed there
+        if f.name in skip or kind is None:
+            continue
+        text = f.metadata.get("help", "").replace("%", "%%")
+        if f.default is not None:
+            text += f" (default {f.default:g})" if kind is float else f" (default {f.default})"
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=text)
+        else:
+            group.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
+                               help=text)
+        added.append(f.name)
+    return added
+
+
+def _train_config_args(parser: argparse.ArgumentParser) -> List[str]:
+    """The generated TrainConfig flags of `train`: every field not in TRAIN_HAND_FLAGS."""
+    from taichi_nerf.trainer import TrainConfig
+    return _config_args(parser, TrainConfig, skip=TRAIN_HAND_FLAGS)
+
+
 def _parser() -> argparse.ArgumentParser:
     from taichi_nerf.process.sfm import CAMERA_MODELS, MATCHING  # names only, no pycolmap
 
@@ -36,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="taichi-nerf",
         description="Instant-NGP-style neural radiance fields on Taichi kernels "
                     "(CPU, CUDA, Vulkan, Metal).")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_LazyParser)
     sub.required = True
 
     t = sub.add_parser("train", help="train a radiance field on posed images",
@@ -80,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="watch training live in a GGUI window (training continues without "
                         "the window once it is closed, until the budget is spent)")
     _arch_arg(t)
+    t.later.append(_train_config_args)
 
     v = sub.add_parser("view", help="live GGUI viewer of a run, or of training in the loop",
                        description="Open RUN (a folder written by `train`) in a window: drag "
@@ -305,15 +382,17 @@ def _positive(name: str, value: Optional[float]) -> None:
 def _prepare_training(a: argparse.Namespace):
     """taichi_nerf.api.prepare_training from the parsed options -> (trainer, val, out)."""
     from taichi_nerf.api import OptionError, prepare_training
+    from taichi_nerf.trainer import TrainConfig
 
+    # every TrainConfig field the command has a flag for and was given (None: the default)
+    config = {f.name: getattr(a, f.name, None) for f in dataclasses.fields(TrainConfig)
+              if f.name not in ("steps", "time", "seed")}
     try:
         return prepare_training(a.data, a.out, steps=a.steps, time=a.time,
                                 downscale=a.downscale, holdout=a.holdout, seed=a.seed,
                                 resume=a.resume, aabb_scale=a.aabb_scale, arch=a.arch,
                                 progress=not a.quiet, print_arch=True,
-                                eval_every=a.eval_every, log2_table=a.log2_table,
-                                sparse_depth=getattr(a, "sparse_depth", None),
-                                appearance=getattr(a, "appearance", None))
+                                **{k: v for k, v in config.items() if v is not None})
     except OptionError as e:
         raise _cli_option_error(e) from None
 
