@@ -83,7 +83,7 @@ def train_config(steps: Optional[int] = None, time: Optional[float] = None, seed
     """TrainConfig with the CLI's budget default (time 150 s when neither steps nor time is
     given) and checked overrides; unknown field names -> TypeError naming them."""
     from taichi_nerf.kernels.specs import MAX_LOG2_TABLE
-    from taichi_nerf.trainer import TrainConfig
+    from taichi_nerf.train_config import TrainConfig
 
     check_positive("steps", steps)
     check_positive("time", time)

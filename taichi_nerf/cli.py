@@ -7,7 +7,7 @@ import dataclasses
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
 
@@ -36,31 +36,6 @@ def _aabb_arg(p: argparse.ArgumentParser) -> None:
 TRAIN_HAND_FLAGS = ("steps", "time", "seed", "eval_every", "log2_table", "sparse_depth",
                     "appearance")
 CONFIG_GROUP = "training settings (TrainConfig)"
-
-
-class _LazyParser(argparse.ArgumentParser):
-    """An ArgumentParser that runs its `later` callbacks (adding arguments) only when it first
-    parses or formats help: the TrainConfig flags import the trainer (torch and Taichi), which
-    `taichi-nerf --help` and the other commands should not pay for."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.later: List[Callable[[argparse.ArgumentParser], Any]] = []
-
-    def _complete(self) -> None:
-        """Run the pending callbacks once."""
-        while self.later:
-            self.later.pop(0)(self)
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        """argparse's parse_known_args, after adding the pending arguments."""
-        self._complete()
-        return super().parse_known_args(args, namespace)
-
-    def format_help(self) -> str:
-        """argparse's help, after adding the pending arguments."""
-        self._complete()
-        return super().format_help()
 
 
 def _flag_type(annotation: Any) -> Optional[type]:
@@ -99,20 +74,15 @@ def _config_args(parser: argparse.ArgumentParser, config_cls: type,
     return added
 
 
-def _train_config_args(parser: argparse.ArgumentParser) -> List[str]:
-    """The generated TrainConfig flags of `train`: every field not in TRAIN_HAND_FLAGS."""
-    from taichi_nerf.trainer import TrainConfig
-    return _config_args(parser, TrainConfig, skip=TRAIN_HAND_FLAGS)
-
-
 def _parser() -> argparse.ArgumentParser:
     from taichi_nerf.process.sfm import CAMERA_MODELS, MATCHING  # names only, no pycolmap
+    from taichi_nerf.train_config import TrainConfig  # a plain dataclass: no torch
 
     ap = argparse.ArgumentParser(
         prog="taichi-nerf",
         description="Instant-NGP-style neural radiance fields on Taichi kernels "
                     "(CPU, CUDA, Vulkan, Metal).")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_LazyParser)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     t = sub.add_parser("train", help="train a radiance field on posed images",
@@ -156,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="watch training live in a GGUI window (training continues without "
                         "the window once it is closed, until the budget is spent)")
     _arch_arg(t)
-    t.later.append(_train_config_args)
+    _config_args(t, TrainConfig, skip=TRAIN_HAND_FLAGS)
 
     v = sub.add_parser("view", help="live GGUI viewer of a run, or of training in the loop",
                        description="Open RUN (a folder written by `train`) in a window: drag "
@@ -382,7 +352,7 @@ def _positive(name: str, value: Optional[float]) -> None:
 def _prepare_training(a: argparse.Namespace):
     """taichi_nerf.api.prepare_training from the parsed options -> (trainer, val, out)."""
     from taichi_nerf.api import OptionError, prepare_training
-    from taichi_nerf.trainer import TrainConfig
+    from taichi_nerf.train_config import TrainConfig
 
     # every TrainConfig field the command has a flag for and was given (None: the default)
     config = {f.name: getattr(a, f.name, None) for f in dataclasses.fields(TrainConfig)
