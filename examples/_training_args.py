@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from taichi_nerf import runtime
-from taichi_nerf.trainer import TrainConfig
+from taichi_nerf.nn import runtime
+from taichi_nerf.training.trainer import TrainConfig
 
 # --quick: a few steps with a small table and grid, seconds on a CPU
 QUICK = dict(steps=20, target_samples=1 << 13, log2_table=15, occ_resolution=64,

@@ -32,7 +32,7 @@ from typing import List, Optional
 import numpy as np
 import taichi as ti
 
-from taichi_nerf.camera_paths import orbit_poses
+from taichi_nerf.render.camera_paths import orbit_poses
 from taichi_nerf.kernels import runtime
 from taichi_nerf.kernels.camera import camera_ray
 from taichi_nerf.kernels.occupancy import cell_centers, checkpoint_occupied
@@ -48,7 +48,7 @@ FAR = 1e10              # "no surface" depth
 def train_builtin(out: Path, steps: int, resolution: int = 64) -> Path:
     """Train the built-in scene for `steps` steps with the Python API; returns RUN."""
     from taichi_nerf.data import builtin, load_dataset
-    from taichi_nerf.trainer import TrainConfig, Trainer, run_training
+    from taichi_nerf.training.trainer import TrainConfig, Trainer, run_training
 
     scene_dir = builtin.ensure_builtin_scene(resolution)
     train = load_dataset(scene_dir, "train")

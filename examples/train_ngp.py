@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.data import DataError, detect_format, load_dataset
-from taichi_nerf.trainer import Trainer, run_training
+from taichi_nerf.training.trainer import Trainer, run_training
 
 from _training_args import add_training_args, training_config
 

@@ -4,7 +4,7 @@ A checkpoint is an ordinary numpy ``.npz`` (a zip of ``.npy`` files) that
 ``np.load(path, allow_pickle=False)`` reads: it never holds pickles, so loading
 never runs code. The config is UTF-8 JSON stored as a uint8 array under
 :data:`CONFIG_KEY` and always carries ``format_version``. The writer and the
-torch state-dict helpers live in ``taichi_nerf.checkpoint``, which re-exports
+torch state-dict helpers live in ``taichi_nerf.nn.checkpoint``, which re-exports
 this reader.
 """
 from __future__ import annotations

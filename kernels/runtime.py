@@ -1,6 +1,6 @@
 """The one place that calls ``ti.init``: pick a Taichi arch, torch-free.
 
-Users of the kernels alone call :func:`init`; ``taichi_nerf.runtime.init``
+Users of the kernels alone call :func:`init`; ``taichi_nerf.nn.runtime.init``
 builds on it and adds the matching torch device. Nothing runs at import:
 Taichi starts only when :func:`init` is called.
 """

@@ -9,7 +9,6 @@ Taichi and torch are imported when a function runs, never when this module is im
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
@@ -17,30 +16,21 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
+from taichi_nerf.training.config import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from taichi_nerf.data import Dataset
-    from taichi_nerf.runtime import Runtime
-    from taichi_nerf.trainer import Trainer
+    from taichi_nerf.nn.runtime import Runtime
+    from taichi_nerf.training.trainer import Trainer
 
 BUILTIN = "builtin"
 DEFAULT_TIME = 150.0  # seconds: the built-in scene reaches >= 30 dB in this on 2 CPU cores
-MAX_APPEARANCE = 256  # floats per image; nerfacto uses 32
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class OptionError(ValueError):
-    """A bad training option: ``option`` is its keyword name (None for the run folder),
-    ``problem`` the rest of the one-line message."""
-
-    def __init__(self, option: Optional[str], problem: str) -> None:
-        self.option, self.problem = option, problem
-        super().__init__(problem if option is None else f"{option} {problem}")
 
 
 def init(arch: str = "auto", **kwargs: Any) -> "Runtime":
     """Start Taichi on arch (auto|cpu|cuda|vulkan|metal, as the CLI's --arch) -> the Runtime chosen."""
-    from taichi_nerf import runtime
+    from taichi_nerf.nn import runtime
     return runtime.init(arch, **kwargs)
 
 
@@ -64,12 +54,6 @@ def resolve_data(data: PathLike, progress: bool = True) -> Path:
     return Path(data)
 
 
-def check_positive(option: str, value: Optional[float]) -> None:
-    """OptionError unless value is None or > 0."""
-    if value is not None and value <= 0:
-        raise OptionError(option, f"must be > 0, got {value}")
-
-
 def default_run_folder(data: str) -> Path:
     """runs/<data name> (runs/builtin-room for 'builtin:room', runs/clip for clip.mp4)."""
     if is_builtin(data):
@@ -82,26 +66,14 @@ def train_config(steps: Optional[int] = None, time: Optional[float] = None, seed
                  **config: Any):
     """TrainConfig with the CLI's budget default (time 150 s when neither steps nor time is
     given) and checked overrides; unknown field names -> TypeError naming them."""
-    from taichi_nerf.kernels.specs import MAX_LOG2_TABLE
-    from taichi_nerf.train_config import TrainConfig
+    from taichi_nerf.training.config import TrainConfig
 
-    check_positive("steps", steps)
-    check_positive("time", time)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(config) - fields)
     if unknown:
         raise TypeError(f"unknown training config name{'s' if len(unknown) > 1 else ''}: "
                         f"{', '.join(unknown)} (TrainConfig has {', '.join(sorted(fields))})")
-    sd = config.get("sparse_depth")
-    if sd is not None and not (sd >= 0 and math.isfinite(sd)):
-        raise OptionError("sparse_depth", f"must be a finite weight >= 0, got {sd}")
-    ap = config.get("appearance")
-    if ap is not None and not (isinstance(ap, int) and 0 <= ap <= MAX_APPEARANCE):
-        raise OptionError("appearance", f"must be a whole number of floats in [0, "
-                                        f"{MAX_APPEARANCE}] (0: off), got {ap}")
-    lt = config.get("log2_table")
-    if lt is not None and not 4 <= lt <= MAX_LOG2_TABLE:
-        raise OptionError("log2_table", f"must be in [4, {MAX_LOG2_TABLE}], got {lt}")
+    # TrainConfig checks each value against its field's range (train/config.py)
     return TrainConfig(steps=steps, time=time if time or steps else DEFAULT_TIME, seed=seed,
                        **{k: v for k, v in config.items() if v is not None})
 
@@ -148,7 +120,7 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
         raise OptionError(None, f"{out}: cannot create the run folder ({e.strerror or e})") \
             from None
     init(arch, verbose=print_arch)
-    from taichi_nerf.trainer import Trainer
+    from taichi_nerf.training.trainer import Trainer
     trainer = Trainer(train, cfg)
     if progress:
         print(f"training on {root} ({fmt}, {len(train)} images {train.width}x{train.height}, "
@@ -182,7 +154,7 @@ def train(data: Optional[PathLike] = None, out: Optional[PathLike] = None, *,
     """Train on data (folder, None/'builtin' or 'builtin:<variant>'; time in seconds, default
     150 s) as `taichi-nerf train` does -> TrainResult(run folder, metrics). config: TrainConfig
     fields."""
-    from taichi_nerf.trainer import run_training
+    from taichi_nerf.training.trainer import run_training
 
     trainer, val, run = prepare_training(data, out, steps=steps, time=time, downscale=downscale,
                                          holdout=holdout, seed=seed, resume=resume,
@@ -197,12 +169,12 @@ class Nerf:
     from cameras in WORLD units (the training data's coordinates, OpenGL axes)."""
 
     def __init__(self, run: PathLike, arch: str = "auto") -> None:
-        from taichi_nerf.trainer import load_model
+        from taichi_nerf.training.trainer import load_model
 
         self.checkpoint = Path(checkpoint_path(os.fspath(run)))
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"{self.checkpoint}: no checkpoint (train one with "
-                                    f"`taichi_nerf.train(data, out=RUN)`)")
+                                    f"`taichi_nerf.training(data, out=RUN)`)")
         init(arch)
         self.config, self.renderer, self.scene = load_model(self.checkpoint)
         self._poses: Optional[np.ndarray] = None
@@ -221,8 +193,8 @@ class Nerf:
     def poses(self) -> Optional[np.ndarray]:
         """World c2w (N,4,4) float32 of the training cameras, or None for a checkpoint without them."""
         if self._poses is None:
-            from taichi_nerf.camera_paths import training_poses
-            from taichi_nerf.checkpoint import CheckpointError
+            from taichi_nerf.render.camera_paths import training_poses
+            from taichi_nerf.kernels.checkpoint_io import CheckpointError
             try:
                 self._poses = training_poses(self.checkpoint)
             except CheckpointError:
@@ -231,7 +203,7 @@ class Nerf:
 
     def intrinsics(self, width: Optional[int] = None, height: Optional[int] = None) -> np.ndarray:
         """fx fy cx cy (4,) float32 pixels: the training camera scaled to width x height."""
-        from taichi_nerf.camera_paths import _scaled_intrinsics, default_camera
+        from taichi_nerf.render.camera_paths import _scaled_intrinsics, default_camera
         return _scaled_intrinsics(default_camera(self.config), width or self.width,
                                   height or self.height)
 

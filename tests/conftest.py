@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.data import builtin, load_dataset
-from taichi_nerf.trainer import TrainConfig, Trainer, run_training
+from taichi_nerf.training.trainer import TrainConfig, Trainer, run_training
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # TAICHI_NERF_TEST_ARCHS=cuda (comma-separated) runs the arch-parametrised tests elsewhere,

@@ -9,7 +9,7 @@ import torch
 
 import taichi_nerf as tn
 from taichi_nerf.data.scene import to_model_space
-from taichi_nerf.trainer import load_model
+from taichi_nerf.training.trainer import load_model
 
 # the conftest small_config's sizes as keyword overrides, and a tiny table: seconds on 2 cores
 FAST = dict(arch="cpu", progress=False, log2_table=12, target_samples=1 << 15,
@@ -109,3 +109,13 @@ def test_version_and_all():
     assert tn.init.__module__ == "taichi_nerf.api"
     with pytest.raises(AttributeError):
         tn.no_such_name
+
+
+def test_no_subpackage_hides_an_api_name():
+    """Importing a submodule sets it as an attribute of the package: a subpackage named like an
+    API function (a `train/` folder) would replace tn.train once anything imported it."""
+    import pkgutil
+    import taichi_nerf.training.trainer  # noqa: F401
+    subpackages = {m.name for m in pkgutil.iter_modules(tn.__path__)}
+    assert subpackages and not subpackages & set(tn.__all__)
+    assert callable(tn.train) and callable(tn.load) and callable(tn.init)

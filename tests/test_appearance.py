@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.data import load_dataset
-from taichi_nerf.field import FieldConfig, NGPField
+from taichi_nerf.nn.field import FieldConfig, NGPField
 from taichi_nerf.kernels import mlp as mlp_k
 from taichi_nerf.kernels.inference import NerfModel, color_layers
 from taichi_nerf.kernels.scene import NerfScene
 from taichi_nerf.kernels.specs import HashGridSpec
-from taichi_nerf.checkpoint import state_dict_to_arrays
-from taichi_nerf.metrics import psnr
-from taichi_nerf.ops import sh_encode
-from taichi_nerf.trainer import Trainer, appearance_note, evaluate, load_model
+from taichi_nerf.nn.checkpoint import state_dict_to_arrays
+from taichi_nerf.training.metrics import psnr
+from taichi_nerf.nn.ops import sh_encode
+from taichi_nerf.training.trainer import Trainer, appearance_note, evaluate, load_model
 
 from conftest import rel_err, small_config
 from test_scene_kernels import radiance_at
@@ -140,7 +140,7 @@ def test_every_renderer_uses_the_mean_code(photo_run, arch):
 
 
 def _rays(renderer, pose, intr, ds):
-    from taichi_nerf.cameras import generate_rays, pixel_grid
+    from taichi_nerf.nn.cameras import generate_rays, pixel_grid
     pix = pixel_grid(32, 32)
     cam = torch.zeros(pix.shape[0], dtype=torch.int32)
     return generate_rays(pix, cam, torch.from_numpy(intr).reshape(1, 4).contiguous(),

@@ -13,9 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "taichi_nerf"
 KERNELS = PACKAGE + ".kernels"
-# the front ends and what only they build on, top of the stack
-UPPER = tuple(f"{PACKAGE}.{m}" for m in ("trainer", "api", "cli", "viewer", "export",
-                                          "render_cli", "bench"))
 
 
 def module_name(path: Path) -> str:
@@ -88,7 +85,7 @@ def test_kernels_need_neither_torch_nor_the_torch_side():
 def test_data_loaders_need_only_the_kernels_and_atomic_writes():
     """data/ sits right above kernels/: of ours it imports itself, the kernels (the built-in
     scene renders with Taichi and starts it through kernels.runtime) and atomic. Not torch,
-    nor taichi_nerf.runtime (which imports torch), nor camera_paths (which loads datasets;
+    nor taichi_nerf.nn.runtime (which imports torch), nor camera_paths (which loads datasets;
     the pose maths both use is data.poses) or anything above."""
     allowed = (f"{PACKAGE}.data", KERNELS, f"{PACKAGE}.atomic")
 
@@ -100,10 +97,83 @@ def test_data_loaders_need_only_the_kernels_and_atomic_writes():
     assert violations(sources("taichi_nerf/data"), forbidden) == []
 
 
-@pytest.mark.parametrize("module", ["ops", "field", "render", "occupancy", "cameras", "losses"])
-def test_torch_building_blocks_do_not_import_the_layers_above(module):
-    files = [ROOT / PACKAGE / f"{module}.py"]
-    assert violations(files, lambda n: within(n, UPPER)) == []
+# The layers of docs/architecture.md, bottom (0) to top: a module may import its own package
+# and any layer below its own, never a layer above nor another package of its own layer.
+LAYERS = {
+    KERNELS: 0,
+    f"{PACKAGE}.atomic": 1,
+    f"{PACKAGE}.data": 2,
+    f"{PACKAGE}.process": 3, f"{PACKAGE}.render.camera_paths": 3,
+    f"{PACKAGE}.nn": 4,
+    f"{PACKAGE}.training": 5,
+    f"{PACKAGE}.api": 6,
+    f"{PACKAGE}.render": 7, f"{PACKAGE}.export": 7, f"{PACKAGE}.viewer": 7,
+    f"{PACKAGE}.bench": 8,
+    f"{PACKAGE}.cli": 9,
+}
+
+
+def layer_of(name: str) -> Tuple[str, int]:
+    """(the LAYERS entry, its rank) that holds module `name`: the longest matching prefix."""
+    best = max((p for p in LAYERS if within(name, (p,))), key=len, default=None)
+    assert best is not None, f"{name} is in no layer of LAYERS: add it (and to the docs)"
+    return best, LAYERS[best]
+
+
+def test_every_module_has_a_layer():
+    for path in sources(PACKAGE, "kernels"):
+        name = module_name(path)
+        if name != PACKAGE:
+            layer_of(name)
+
+
+def layer_violations(name: str, source: str, is_package: bool = False) -> List[str]:
+    """'line: imports dep (why)' for each import in module `name`'s source that breaks the layers."""
+    own, rank = layer_of(name)
+    bad = []
+    for dep, line in imported_modules(source, name, is_package):
+        if not within(dep, (PACKAGE,)) or dep == PACKAGE:
+            continue
+        dep_layer, dep_rank = layer_of(dep)
+        if dep_rank > rank or (dep_rank == rank and dep_layer != own):
+            bad.append(f"{line}: imports {dep} ({dep_layer}, layer {dep_rank}; "
+                       f"{own} is layer {rank})")
+    return bad
+
+
+def test_imports_point_down_the_layers():
+    bad = []
+    for path in sources(PACKAGE, "kernels"):
+        name = module_name(path)
+        if name != PACKAGE:  # the lazy API names of __init__ resolve from api on first use
+            bad += [f"{path.relative_to(ROOT)}:{v}" for v in
+                    layer_violations(name, path.read_text(encoding="utf-8"),
+                                     path.name == "__init__.py")]
+    assert bad == []
+
+
+@pytest.mark.parametrize("name, source, ok", [
+    (f"{PACKAGE}.nn.ops", "from taichi_nerf.training.trainer import Trainer", False),
+    (f"{PACKAGE}.training.trainer", "from taichi_nerf.nn import ops", True),
+    (f"{PACKAGE}.render.camera_paths", "from taichi_nerf.render.frames import to_image", False),
+    (f"{PACKAGE}.render.frames", "from taichi_nerf.render.camera_paths import CameraPath", True),
+    (f"{PACKAGE}.export.mesh", "def f():\n    from taichi_nerf.viewer import app", False),
+    (f"{PACKAGE}.export.depth", "from .mesh import Mesh", True),
+    (f"{PACKAGE}.kernels.march", "from taichi_nerf.data import poses", False),
+])
+def test_the_layer_check_sees_upward_and_sideways_imports(name, source, ok):
+    assert (layer_violations(name, source) == []) == ok
+
+
+def test_every_package_folder_is_installed():
+    """A folder with an __init__.py that pyproject's package list misses would be left out of a
+    non-editable install (the editable one used here would still find it)."""
+    import re
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    listed = set(re.findall(r'"(taichi_nerf(?:\.\w+)*)"', text.split("packages =", 1)[1]
+                            .split("]", 1)[0]))
+    folders = {module_name(p) for p in sources(PACKAGE, "kernels") if p.name == "__init__.py"}
+    assert folders == listed
 
 
 def test_process_sits_at_the_data_layer():
@@ -125,7 +195,7 @@ def test_data_loaders_do_not_import_process():
 
 
 def test_nothing_in_the_package_imports_the_cli():
-    files = [p for p in sources(PACKAGE, "kernels") if p != ROOT / PACKAGE / "cli.py"]
+    files = [p for p in sources(PACKAGE, "kernels") if ROOT / PACKAGE / "cli" not in p.parents]
     assert violations(files, lambda n: within(n, (f"{PACKAGE}.cli",))) == []
 
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from taichi_nerf import reference, runtime
+from taichi_nerf.nn import reference, runtime
 from taichi_nerf.bench import kernels as bench_kernels
 from taichi_nerf.bench.kernels import (check_result, format_markdown, half_full_occupancy,
                                        op_keys, pack_bitfield, run_kernel_benchmark)
@@ -70,7 +70,7 @@ def test_markdown_has_table_and_every_op(quick_result):
 
 
 def test_cli_exit_code_is_nonzero_when_an_op_failed(quick_result, capsys):
-    from taichi_nerf.cli import bench_exit_code
+    from taichi_nerf.cli.commands import bench_exit_code
 
     assert bench_exit_code({"kernels": quick_result}) == 0
     assert capsys.readouterr().err == ""

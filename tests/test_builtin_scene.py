@@ -6,7 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.data import builtin
 
 RES = 32  # tiny: the whole 100-view render takes well under a second
@@ -221,7 +221,7 @@ def test_cached_scenes_keep_their_fingerprint(variant, resolution):
 def test_one_look_at_for_the_scene_and_the_camera_paths():
     """The built-in cameras are made by the look_at that camera paths and orbits use: one
     definition (data.poses), float64 in, float64 out, an exact rotation."""
-    from taichi_nerf import camera_paths
+    from taichi_nerf.render import camera_paths
     from taichi_nerf.data import builtin_variants, poses
 
     assert builtin.look_at is poses.look_at is camera_paths.look_at is builtin_variants.look_at

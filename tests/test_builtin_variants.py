@@ -3,7 +3,7 @@ import numpy as np
 import torch
 import pytest
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.data import builtin, detect_format, load_dataset
 from taichi_nerf.data import builtin_variants as bv
 
@@ -143,8 +143,8 @@ MARGIN_OVER_MEAN_DB = {"room": 2.5, "forward": 4.5}
 @pytest.mark.parametrize("name", bv.VARIANTS)
 def test_variant_trains_beyond_its_mean_colour(name, cache, tmp_path):
     from conftest import small_config
-    from taichi_nerf.metrics import psnr
-    from taichi_nerf.trainer import Trainer, run_training
+    from taichi_nerf.training.metrics import psnr
+    from taichi_nerf.training.trainer import Trainer, run_training
     path = builtin.ensure_builtin_scene(TRAIN_RES, cache_dir=cache, progress=False, variant=name)
     v = bv.variant(name)
     train = load_dataset(path, "train", 1, v.holdout)

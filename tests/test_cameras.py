@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import cameras
-
+from taichi_nerf.nn import cameras
+from taichi_nerf.render.camera_paths import orbit_poses
 from conftest import rel_err
 
 
@@ -142,7 +142,7 @@ def test_pixel_grid():
 
 def test_orbit_poses_look_at_center_upright():
     center = np.array([0.1, -0.2, 0.3])
-    poses = cameras.orbit_poses(8, 2.5, 30.0, center=center)
+    poses = orbit_poses(8, 2.5, 30.0, center=center)
     assert poses.shape == (8, 4, 4) and poses.dtype == np.float32
     for p in poses.astype(np.float64):
         R, eye = p[:3, :3], p[:3, 3]
@@ -156,17 +156,17 @@ def test_orbit_poses_look_at_center_upright():
     # evenly spaced azimuths; azimuth 0 on +x for a z-up world
     assert np.allclose(poses[0, :3, 3] - center, [2.5 * math.cos(math.radians(30)), 0, 1.25], atol=1e-5)
     assert np.isclose(poses[2, 1, 3] - center[1], 2.5 * math.cos(math.radians(30)), atol=1e-5)
-    y_up = cameras.orbit_poses(4, 1.0, -20.0, up=(0, 1, 0))
+    y_up = orbit_poses(4, 1.0, -20.0, up=(0, 1, 0))
     assert np.all(y_up[:, 1, 1] > 0) and np.allclose(y_up[:, 1, 3], -math.sin(math.radians(20)), atol=1e-6)
     for bad in [dict(n=0), dict(radius=0.0), dict(elevation_deg=90.0)]:
         kw = dict(n=4, radius=1.0, elevation_deg=10.0) | bad
         with pytest.raises(ValueError):
-            cameras.orbit_poses(**kw)
+            orbit_poses(**kw)
 
 
 def test_orbit_rays_hit_center(cpu_runtime):
     """Centre pixels of orbit cameras (through the Taichi kernel) pass through the orbit centre."""
-    poses = torch.from_numpy(cameras.orbit_poses(6, 3.0, 15.0, center=(0.5, 0.5, 0.5)))
+    poses = torch.from_numpy(orbit_poses(6, 3.0, 15.0, center=(0.5, 0.5, 0.5)))
     intr = torch.tensor([[50.0, 50.0, 32.0, 32.0]]).repeat(6, 1)
     o, d = cameras.generate_rays(torch.full((6, 2), 32.0), torch.arange(6, dtype=torch.int32),
                                  intr, torch.zeros(6, 4), poses)

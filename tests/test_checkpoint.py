@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import checkpoint as ck
-from taichi_nerf.checkpoint import CheckpointError
+from taichi_nerf.nn import checkpoint as ck
+from taichi_nerf.nn.checkpoint import CheckpointError
 
 
 def small_model(seed):
@@ -159,7 +159,7 @@ def test_loads_without_torch(tmp_path):
     path = tmp_path / "c.npz"
     ck.save_checkpoint(path, {"a": [1, 2]}, {"x": np.arange(3)})
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from taichi_nerf.checkpoint import load_checkpoint\n"
+            "from taichi_nerf.nn.checkpoint import load_checkpoint\n"
             f"cfg, arrs = load_checkpoint({str(path)!r})\n"
             "assert cfg['a'] == [1, 2] and arrs['x'].tolist() == [0, 1, 2]\n"
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n")

@@ -20,8 +20,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from taichi_nerf import runtime
-from taichi_nerf.checkpoint import load_checkpoint
+from taichi_nerf.nn import runtime
+from taichi_nerf.nn.checkpoint import load_checkpoint
 from taichi_nerf.cli import main
 from taichi_nerf.data import builtin
 
@@ -204,24 +204,35 @@ def test_train_resume_with_other_table_size(trained_run, scene32, tmp_path, caps
                           "--log2-table 12")
 
 
+def _usage_error(capsys, *argv) -> str:
+    """argparse's error line for `taichi-nerf argv...`, which must exit 2 while parsing."""
+    with pytest.raises(SystemExit) as e:
+        cli(capsys, *argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.rstrip("\n").splitlines()[-1]
+
+
 def test_train_bad_table_size(data, tmp_path, capsys):
-    rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
-                     "--arch", "cpu", "--quiet", "--log2-table", "2")
-    assert_one_line_error(rc, err, "train", "--log2-table", "got 2")
+    line = _usage_error(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
+                        "--arch", "cpu", "--quiet", "--log2-table", "2")
+    assert line == "taichi-nerf train: error: argument --log2-table: must be in [4, 24], got 2"
+    assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("value", ["-1", "nan"])
-def test_train_bad_sparse_depth(data, tmp_path, capsys, value):
-    rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
-                     "--sparse-depth", value, *FAST)
-    assert_one_line_error(rc, err, "train", "--sparse-depth", f"got {value}")
+@pytest.mark.parametrize("value, problem", [("-1", "must be >= 0, got -1.0"),
+                                            ("nan", "must be finite, got nan")])
+def test_train_bad_sparse_depth(data, tmp_path, capsys, value, problem):
+    line = _usage_error(capsys, "train", data, "--out", tmp_path / "run", "--steps",
+                        TRAIN_STEPS, "--sparse-depth", value, *FAST)
+    assert line == f"taichi-nerf train: error: argument --sparse-depth: {problem}"
 
 
 @pytest.mark.parametrize("value", ["-1", "257"])
 def test_train_bad_appearance(data, tmp_path, capsys, value):
-    rc, _, err = cli(capsys, "train", data, "--out", tmp_path / "run", "--steps", TRAIN_STEPS,
-                     "--appearance", value, *FAST)
-    assert_one_line_error(rc, err, "train", "--appearance", f"got {value}")
+    line = _usage_error(capsys, "train", data, "--out", tmp_path / "run", "--steps",
+                        TRAIN_STEPS, "--appearance", value, *FAST)
+    assert line == ("taichi-nerf train: error: argument --appearance: must be in [0, 256], "
+                    f"got {value}")
 
 
 @pytest.mark.parametrize("value", ["3", "0", "256"])

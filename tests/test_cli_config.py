@@ -1,4 +1,4 @@
-"""`taichi-nerf train`'s TrainConfig flags, generated from the dataclass (cli._config_args).
+"""`taichi-nerf train`'s TrainConfig flags, generated from the dataclass (cli.parser._config_args).
 
 Every TrainConfig field must be a `train` flag (hand-declared or generated) or sit in
 SKIPPED with its reason; a generated flag must reach the TrainConfig the trainer gets and
@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
-from taichi_nerf import cli as cli_module
-from taichi_nerf.checkpoint import load_checkpoint
-from taichi_nerf.cli import CONFIG_GROUP, TRAIN_HAND_FLAGS, main
-from taichi_nerf.trainer import TrainConfig
+from taichi_nerf.nn.checkpoint import load_checkpoint
+from taichi_nerf.cli import main
+from taichi_nerf.cli.parser import CONFIG_GROUP, TRAIN_HAND_FLAGS
+from taichi_nerf.training.config import value_kind
+from taichi_nerf.training.trainer import TrainConfig
 
 from conftest import cli
 
@@ -107,9 +108,17 @@ def test_generated_flags_reach_the_checkpoint(scene_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--lr", "abc"], "invalid float value: 'abc'"),
-    (["--occ-resolution", "1.5"], "invalid int value: '1.5'"),
+    (["--lr", "abc"], "argument --lr: must be a number, got 'abc'"),
+    (["--occ-resolution", "1.5"], "argument --occ-resolution: must be a whole number, got '1.5'"),
     (["--pixel-jitter", "yes"], "unrecognized arguments: yes"),
+    # the field's range (TrainConfig's own check) applies at parse time
+    (["--occ-resolution", "0"], "--occ-resolution: must be in [4, 512] and a multiple of 4, got 0"),
+    (["--occ-resolution", "130"], "must be in [4, 512] and a multiple of 4, got 130"),
+    (["--lr", "0"], "argument --lr: must be > 0, got 0.0"),
+    (["--lr", "nan"], "argument --lr: must be finite, got nan"),
+    (["--coarse-to-fine", "1.5"], "--coarse-to-fine: must be in [0, 1], got 1.5"),
+    (["--near", "-0.1"], "argument --near: must be >= 0, got -0.1"),
+    (["--appearance", "300"], "argument --appearance: must be in [0, 256], got 300"),
 ])
 def test_bad_value_is_argparse_usage_error(capsys, argv, needle):
     with pytest.raises(SystemExit) as e:
@@ -118,11 +127,42 @@ def test_bad_value_is_argparse_usage_error(capsys, argv, needle):
     assert needle in capsys.readouterr().err
 
 
+def test_ranges_show_in_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "10000")
+    out = " ".join(_help(capsys, "train").split())
+    assert "cells per side of each cascade; in [4, 512] and a multiple of 4 (default 128)" in out
+    assert "Adam learning rate; > 0 (default 0.01)" in out
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"occ_resolution": 6}, "occ_resolution must be in [4, 512] and a multiple of 4, got 6"),
+    ({"lr": -1.0}, "lr must be > 0, got -1.0"),
+    ({"n_levels": 2.0}, "n_levels must be a whole number, got 2.0"),
+    ({"pixel_jitter": 1}, "pixel_jitter must be True or False, got 1"),
+    ({"sparse_depth": float("inf")}, "sparse_depth must be finite, got inf"),
+    ({"min_rays": 512, "max_rays": 256}, "min_rays must be <= max_rays (256), got 512"),
+    ({"seed": None}, "seed must be set, got None"),
+])
+def test_train_config_checks_every_value(kwargs, needle):
+    """One rule for the Python API and the flags: TrainConfig checks its own values."""
+    from taichi_nerf.training.config import OptionError
+    with pytest.raises(OptionError) as e:
+        TrainConfig(**kwargs)
+    assert str(e.value) == needle
+    assert e.value.option == next(iter(kwargs))
+
+
+def test_every_default_is_in_its_range():
+    TrainConfig()  # raises if a default broke its own range
+    for f in dataclasses.fields(TrainConfig):
+        assert "lo" in f.metadata, f"{f.name}: declare it with _opt (help text and range)"
+
+
 def test_flag_type_from_annotations():
     from typing import List, Optional
-    assert cli_module._flag_type(int) is int and cli_module._flag_type(Optional[float]) is float
-    assert cli_module._flag_type(Optional[bool]) is bool
-    assert cli_module._flag_type(str) is None and cli_module._flag_type(List[int]) is None
+    assert value_kind(int) is int and value_kind(Optional[float]) is float
+    assert value_kind(Optional[bool]) is bool
+    assert value_kind(str) is None and value_kind(List[int]) is None
 
 
 def test_other_commands_do_not_import_the_trainer():

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import ops, runtime
+from taichi_nerf.nn import ops, runtime
 from taichi_nerf.kernels.hash_grid import table_with_level_weights
 from taichi_nerf.kernels.inference import NerfModel
 from taichi_nerf.kernels.specs import HashGridSpec
-from taichi_nerf.metrics import psnr
-from taichi_nerf.trainer import Trainer, level_weights, load_model
+from taichi_nerf.training.metrics import psnr
+from taichi_nerf.training.trainer import Trainer, level_weights, load_model
 
 from conftest import small_config, rel_err
 
@@ -88,7 +88,7 @@ def test_mid_ramp_checkpoint_renders_alike_everywhere(scene_dir, tmp_path, cpu_r
 def test_pixel_jitter_on_for_photos_off_for_alpha(scene_dir, cpu_runtime, monkeypatch):
     # synthetic (alpha) data trains through pixel centres (built-in scene, 1037 steps: 30.9 dB
     # against 28.9 with random points in the pixel); photos keep instant-ngp's random point
-    import taichi_nerf.trainer as trainer_mod
+    import taichi_nerf.training.trainer as trainer_mod
     from taichi_nerf.data import load_dataset
     seen = []
     real = trainer_mod.generate_rays

@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from taichi_nerf import ops, reference
-
+from taichi_nerf.nn import ops, reference
 from conftest import rel_err
 
 

@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from taichi_nerf import runtime
-from taichi_nerf.camera_paths import resolve_path
+from taichi_nerf.nn import runtime
+from taichi_nerf.render.camera_paths import resolve_path
 from taichi_nerf.data import DataError, builtin, load_cameras, load_dataset
 from taichi_nerf.data.images import IMAGE_EXTENSIONS
 

@@ -321,7 +321,7 @@ def test_colmap_without_points_has_no_depth(tmp_path):
 
 def test_colmap_quaternions_use_the_one_pose_module():
     """COLMAP's qvec goes through data.poses.quat_to_rotation, the one camera paths use too."""
-    from taichi_nerf import camera_paths
+    from taichi_nerf.render import camera_paths
     from taichi_nerf.data import colmap, colmap_model, poses
 
     assert colmap.quat_to_rotation is poses.quat_to_rotation is camera_paths.quat_to_rotation

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import camera_paths as cp
-from taichi_nerf import export as ex
-from taichi_nerf import runtime
-from taichi_nerf.cli import _parser
+from taichi_nerf.render import camera_paths as cp
+from taichi_nerf.export import mesh as ex
+from taichi_nerf.export.depth import read_depth
+from taichi_nerf.export.errors import ExportError
+from taichi_nerf.nn import runtime
+from taichi_nerf.cli.parser import _parser
 from taichi_nerf.data import builtin
 from taichi_nerf.data.scene import SceneTransform
-from taichi_nerf.trainer import load_model
+from taichi_nerf.training.trainer import load_model
 
 from conftest import assert_one_line_error, cli, point_cell_index
 
@@ -156,7 +158,7 @@ def test_mesh_closed_where_the_sampled_box_cuts_the_surface():
 
 def test_grid_occupancy_lookup_matches_per_point_lookup(cpu_runtime):
     from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
-    from taichi_nerf.occupancy import OccupancyGrid
+    from taichi_nerf.nn.occupancy import OccupancyGrid
 
     spec = OccupancySpec(n_cascades=3, resolution=16)
     grid = OccupancyGrid(spec, MarchSpec.for_occupancy(spec), torch.device("cpu"))
@@ -183,9 +185,9 @@ def test_grid_occupancy_lookup_matches_per_point_lookup(cpu_runtime):
 
 
 def test_marching_cubes_reports_empty_and_full_volumes():
-    with pytest.raises(ex.ExportError, match="never exceeds"):
+    with pytest.raises(ExportError, match="never exceeds"):
         ex.marching_cubes(np.zeros((4, 4, 4), np.float32), 10.0, np.zeros(3), 0.1)
-    with pytest.raises(ex.ExportError, match="everywhere"):
+    with pytest.raises(ExportError, match="everywhere"):
         ex.marching_cubes(np.full((4, 4, 4), 20.0, np.float32), 10.0, np.zeros(3), 0.1)
 
 
@@ -360,7 +362,7 @@ def test_depth_export_matches_renderer(fmt, trained, tmp_path, capsys):
         alpha = r["opacity"].numpy()
         expect = np.where(alpha >= 0.5, r["depth"].numpy() / np.maximum(alpha, 1e-6)
                           / scene.scale, np.nan)
-        got = ex.read_depth(out, i)
+        got = read_depth(out, i)
         assert got.shape == (24, 32) and got.dtype == np.float32
         assert np.array_equal(np.isnan(got), np.isnan(expect))
         assert np.isfinite(expect).sum() > 50
@@ -403,7 +405,7 @@ def test_smooth_path_passes_through_keyframes_smoothly():
 
 
 def cp_look(az, radius=4.0, z=1.0):
-    from taichi_nerf.cameras import look_at
+    from taichi_nerf.data.poses import look_at
     return look_at([radius * math.cos(az), radius * math.sin(az), z], [0, 0, 0], [0, 0, 1])
 
 

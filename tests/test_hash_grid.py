@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from taichi_nerf import ops, reference
+from taichi_nerf.nn import ops, reference
 from taichi_nerf.kernels.specs import HashGridSpec
 
 from conftest import rel_err

@@ -12,7 +12,7 @@ import contextlib
 import pytest
 import torch
 
-from taichi_nerf import cameras, losses, ops
+from taichi_nerf.nn import cameras, losses, ops
 from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
 
 SYNCS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.data import load_dataset
 from taichi_nerf.kernels import mlp as mlp_k
 from taichi_nerf.kernels.inference import NerfModel
-from taichi_nerf.metrics import psnr
-from taichi_nerf.trainer import load_model
+from taichi_nerf.training.metrics import psnr
+from taichi_nerf.training.trainer import load_model
 
 from conftest import RES, rel_err
 

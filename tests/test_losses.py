@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from taichi_nerf.losses import distortion_loss, sample_weights, sparse_depth_loss
+from taichi_nerf.nn.losses import distortion_loss, sample_weights, sparse_depth_loss
 
 
 def _packed(gen, counts):
@@ -82,7 +82,7 @@ def test_distortion_of_no_samples_is_zero_with_a_gradient():
 
 
 def test_near_gradient_scale_shrinks_only_gradients_near_the_camera(gen):
-    from taichi_nerf.losses import near_gradient_scale, scale_gradient
+    from taichi_nerf.nn.losses import near_gradient_scale, scale_gradient
     t = torch.rand(50, generator=gen, dtype=torch.float64) * 3
     k = near_gradient_scale(t, 1.5)
     assert torch.allclose(k, torch.clamp((t / 1.5) ** 2, max=1.0))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import ops, reference
+from taichi_nerf.nn import ops, reference
 from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
 
 from conftest import rel_err
@@ -212,7 +212,7 @@ def test_fill_writes_exactly_the_counted_rows(arch, gen):
 def test_cone_step_follows_the_pixel_footprint_of_the_training_images():
     """Downscaled captures step by footprint_steps pixel footprints, full-size ones keep
     instant-ngp's t / 256; one cascade keeps its fixed step (no cone)."""
-    from taichi_nerf.trainer import TrainConfig, _specs, pixel_angle
+    from taichi_nerf.training.trainer import TrainConfig, _specs, pixel_angle
     occ = OccupancySpec(n_cascades=3, resolution=32)
     coarse = MarchSpec.for_occupancy(occ, pixel_angle=1 / 100, footprint_steps=2.0)
     assert coarse.cone == pytest.approx(0.02)

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import metrics
-
-
+from taichi_nerf.training import metrics
 def test_psnr_of_known_mse():
     target = np.full((8, 8, 3), 0.5, np.float32)
     pred = target + 0.1  # MSE 0.01 -> 20 dB

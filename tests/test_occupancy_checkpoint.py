@@ -2,14 +2,14 @@
 import numpy as np
 import torch
 
-from taichi_nerf import runtime
-from taichi_nerf.checkpoint import load_checkpoint
+from taichi_nerf.nn import runtime
+from taichi_nerf.nn.checkpoint import load_checkpoint
 from taichi_nerf.data import load_dataset
 from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.inference import NerfModel
 from taichi_nerf.kernels.scene import NerfScene
-from taichi_nerf.trainer import Trainer, evaluate, load_model, run_training
-from taichi_nerf.viewer import viewer_for_run
+from taichi_nerf.training.trainer import Trainer, evaluate, load_model, run_training
+from taichi_nerf.viewer.app import viewer_for_run
 
 from conftest import RES, small_config
 
@@ -39,7 +39,7 @@ def test_checkpoint_holds_the_bitfield_every_renderer_uses(trained, arch):
 def test_saved_bitfield_wins_over_the_densities(trained, tmp_path, cpu_runtime):
     """A checkpoint's bitfield is used as saved, not re-derived (so a later change of the rule
     or of the densities cannot move the cells a trained run samples)."""
-    from taichi_nerf.checkpoint import save_checkpoint
+    from taichi_nerf.nn.checkpoint import save_checkpoint
     run, _ = trained
     cfg, arrays = load_checkpoint(run / "checkpoint.npz")
     arrays = dict(arrays)

@@ -8,7 +8,7 @@ import torch
 
 from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
-from taichi_nerf.occupancy import OccupancyGrid
+from taichi_nerf.nn.occupancy import OccupancyGrid
 
 from conftest import point_cell_index
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import taichi_nerf as tn
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.cli import main
 from taichi_nerf.data import detect_format
 from taichi_nerf.data.builtin import PRIMITIVES, Primitive, look_at, render_view

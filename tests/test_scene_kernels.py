@@ -11,12 +11,12 @@ import numpy as np
 import taichi as ti
 import torch
 
-from taichi_nerf import reference, runtime
+from taichi_nerf.nn import reference, runtime
 from taichi_nerf.data import builtin, load_dataset
 from taichi_nerf.kernels.camera import camera_ray
 from taichi_nerf.kernels.hash_grid import hash_grid_kernels
 from taichi_nerf.kernels.scene import NerfScene
-from taichi_nerf.trainer import load_model
+from taichi_nerf.training.trainer import load_model
 
 from conftest import rel_err
 

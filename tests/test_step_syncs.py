@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from taichi_nerf.data import load_dataset
-from taichi_nerf.trainer import LOSS_READ_EVERY, Trainer, TrainingDiverged, run_training
+from taichi_nerf.training.trainer import LOSS_READ_EVERY, Trainer, TrainingDiverged, run_training
 
 from conftest import small_config
 from test_host_syncs import as_on_gpu, count_syncs  # noqa: F401 (fixtures)

@@ -7,7 +7,7 @@ import torch
 
 from taichi_nerf.data import load_dataset
 from taichi_nerf.data import builtin
-from taichi_nerf.trainer import Trainer, TrainingDiverged, load_model, run_training
+from taichi_nerf.training.trainer import Trainer, TrainingDiverged, load_model, run_training
 
 from conftest import PSNR_FLOOR, RES, small_config  # noqa: F401  (fixtures live there too)
 
@@ -140,7 +140,7 @@ def test_near_gradient_scale_reaches_the_field(scene_dir, cpu_runtime):
 def test_adam_is_instant_ngps_adam(gen):
     """The trainer's (fused where available) Adam takes the steps of torch's reference Adam
     with instant-ngp's settings, weight decay per group included."""
-    from taichi_nerf.trainer import adam
+    from taichi_nerf.training.trainer import adam
     init = [torch.randn(1000, 2, generator=gen), torch.randn(16, 8, generator=gen)]
     grads = [[torch.randn_like(p) for p in init] for _ in range(5)]
     runs = []

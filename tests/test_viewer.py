@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.cli import main
-from taichi_nerf.metrics import psnr
-from taichi_nerf.trainer import load_model
-from taichi_nerf.viewer import OrbitCamera, occupied_world_points, resize_nearest, viewer_for_run
+from taichi_nerf.training.metrics import psnr
+from taichi_nerf.training.trainer import load_model
+from taichi_nerf.viewer.app import OrbitCamera, occupied_world_points, resize_nearest, viewer_for_run
 
 
 def test_headless_frame_matches_direct_render(trained, arch):
@@ -105,15 +105,15 @@ def test_view_train_headless_cli_trains_and_saves(scene_dir, tmp_path, capsys):
                "--steps", "1000"])
     assert rc == 0 and (out / "checkpoint.npz").exists()
     # 10 frames x 3 steps were trained and checkpointed
-    from taichi_nerf.checkpoint import load_checkpoint
+    from taichi_nerf.nn.checkpoint import load_checkpoint
     cfg, _ = load_checkpoint(out / "checkpoint.npz")
     assert cfg["step"] == 30
 
 
 def test_view_train_history_rises(scene_dir, cpu_runtime):
     from taichi_nerf.data import load_dataset
-    from taichi_nerf.trainer import Trainer
-    from taichi_nerf.viewer import viewer_for_training
+    from taichi_nerf.training.trainer import Trainer
+    from taichi_nerf.viewer.app import viewer_for_training
 
     from conftest import small_config
     trainer = Trainer(load_dataset(scene_dir, "train"), small_config(steps=1000))

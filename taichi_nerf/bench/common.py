@@ -123,8 +123,7 @@ def machine_info(arch: Optional[str] = None) -> Dict[str, Any]:
         "commit": git_commit(),
         "arch": arch,
     }
-    from taichi_nerf import runtime
-
+    from taichi_nerf.nn import runtime
     gpu = runtime.gpu_name()
     if gpu is not None:
         info["gpu"] = gpu

@@ -1,7 +1,7 @@
 """Kernel benchmark (BENCHMARKS.md section 1): Taichi ops vs the pure-torch reference.
 
-Each op runs on the same inputs through :mod:`taichi_nerf.ops` (Taichi) and
-:mod:`taichi_nerf.reference` (torch), timed interleaved in the same run. The
+Each op runs on the same inputs through :mod:`taichi_nerf.nn.ops` (Taichi) and
+:mod:`taichi_nerf.nn.reference` (torch), timed interleaved in the same run. The
 first call of each is timed on its own (it includes Taichi's kernel compile, or
 a load from Taichi's offline cache); the figures are medians of `repeats`
 later calls. The machine's float32 GEMM and copy-bandwidth ceilings are
@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from taichi_nerf import ops, reference, runtime
+from taichi_nerf.nn import ops, reference, runtime
 from taichi_nerf.atomic import atomic_write_json
 from taichi_nerf.bench.common import (CONTENDED_US, finite_positive, fmt_rate, load_average,
                                       log2_str, machine_info, measure, progress_line,

@@ -14,10 +14,10 @@ def run_training_benchmark(data: Optional[str] = None, time_budget: float = 60.0
                            downscale: int = 1, holdout: int = 8,
                            out_dir: Optional[Path] = None, progress: bool = True) -> Dict[str, Any]:
     """Train on `data` (default: built-in scene) for `time_budget` s; return speed and quality figures."""
-    from taichi_nerf import runtime
+    from taichi_nerf.nn import runtime
     from taichi_nerf.data import detect_format, load_dataset
     from taichi_nerf.data.builtin import ensure_builtin_scene
-    from taichi_nerf.trainer import TrainConfig, Trainer, run_training
+    from taichi_nerf.training.trainer import TrainConfig, Trainer, run_training
 
     rt = runtime.current()
     root = Path(data) if data else ensure_builtin_scene(progress=progress)

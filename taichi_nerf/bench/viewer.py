@@ -11,8 +11,8 @@ import numpy as np
 def run_viewer_benchmark(run: Path, arch: str, sizes=(256, 512), frames: int = 20,
                          target_fps: float = 15.0) -> List[Dict[str, Any]]:
     """Frames/s of the headless viewer on `run`: camera moving (dynamic resolution) and static."""
-    from taichi_nerf import runtime
-    from taichi_nerf.viewer import viewer_for_run
+    from taichi_nerf.nn import runtime
+    from taichi_nerf.viewer.app import viewer_for_run
 
     runtime.init(arch)
     rows = []

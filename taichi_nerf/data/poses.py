@@ -2,7 +2,7 @@
 
 Camera-to-world matrices use OpenGL axes (x right, y up, looking down -z);
 quaternions are (w, x, y, z). This module sits low in the layers (beside the
-loaders) so that the built-in scene's writers and :mod:`taichi_nerf.camera_paths`
+loaders) so that the built-in scene's writers and :mod:`taichi_nerf.render.camera_paths`
 use one definition without importing each other.
 """
 from __future__ import annotations

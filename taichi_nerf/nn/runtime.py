@@ -99,7 +99,7 @@ def current() -> Runtime:
     """The runtime of the arch Taichi runs on now; raises if Taichi was not started."""
     rt = ti_runtime.current()
     if rt is None:
-        raise RuntimeError("taichi_nerf.runtime.init() has not been called; call it "
+        raise RuntimeError("taichi_nerf.nn.runtime.init() has not been called; call it "
                            "(or pass --arch to the CLI) before running kernels")
     if _current is None or _current.generation != rt.generation:
         # Taichi was (re)started through kernels.runtime.init: a Runtime of an older

@@ -11,23 +11,23 @@ from typing import Any, Dict, NamedTuple, Optional
 import numpy as np
 import torch
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.atomic import atomic_write_json
-from taichi_nerf.cameras import generate_rays
-from taichi_nerf.checkpoint import (CheckpointError, arrays_to_state_dict, load_checkpoint,
+from taichi_nerf.nn.cameras import generate_rays
+from taichi_nerf.nn.checkpoint import (CheckpointError, arrays_to_state_dict, load_checkpoint,
                                     save_checkpoint, state_dict_to_arrays)
 from taichi_nerf.data import Dataset
 from taichi_nerf.data.scene import SceneTransform
-from taichi_nerf.field import FieldConfig, NGPField
+from taichi_nerf.nn.field import FieldConfig, NGPField
 from taichi_nerf.kernels.occupancy import checkpoint_bitfield
-from taichi_nerf.losses import distortion_loss, sparse_depth_loss
+from taichi_nerf.nn.losses import distortion_loss, sparse_depth_loss
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, HashGridSpec, MarchSpec, OccupancySpec  # noqa: F401 (re-exported)
-from taichi_nerf.metrics import psnr as psnr_fn
-from taichi_nerf.metrics import psnr_from_mse
-from taichi_nerf.metrics import ssim as ssim_fn
-from taichi_nerf.occupancy import OccupancyGrid
-from taichi_nerf.render import Renderer
-from taichi_nerf.train_config import TrainConfig  # noqa: F401 (re-exported)
+from taichi_nerf.training.metrics import psnr as psnr_fn
+from taichi_nerf.training.metrics import psnr_from_mse
+from taichi_nerf.training.metrics import ssim as ssim_fn
+from taichi_nerf.nn.occupancy import OccupancyGrid
+from taichi_nerf.nn.renderer import Renderer
+from taichi_nerf.training.config import TrainConfig  # noqa: F401 (re-exported)
 
 LOSS_READ_EVERY = 10  # steps between host readouts of the loss (progress bar, divergence)
 # TrainConfig settings that set parameter shapes (a resume must keep them), and those of

@@ -1,6 +1,6 @@
 """Pure-torch reference of every kernel op, written for clarity, differentiable by torch.
 
-PyTorch implementation of :mod:`taichi_nerf.ops` (same primes, resolutions,
+PyTorch implementation of :mod:`taichi_nerf.nn.ops` (same primes, resolutions,
 SH constants, step rule, compositing formula and termination rule). Tests
 compare the Taichi kernels against it in float64; benchmarks report speed
 ratios against it. Works in any float dtype on any torch device.

@@ -299,13 +299,13 @@ def dataset_path(poses: np.ndarray, cfg: Mapping[str, Any], frames: int, keyfram
 
 def training_poses(checkpoint: Union[str, os.PathLike]) -> np.ndarray:
     """World c2w (N,4,4) float32 of the training cameras saved in a checkpoint (``cameras/poses``)."""
-    from taichi_nerf.checkpoint import load_checkpoint
+    from taichi_nerf.kernels.checkpoint_io import load_checkpoint
 
     _, arrays = load_checkpoint(checkpoint, required_arrays=["cameras/poses"])
     poses = np.asarray(arrays["cameras/poses"], np.float32)
     if poses.ndim != 3 or poses.shape[1:] != (4, 4) or not len(poses) \
             or not np.isfinite(poses).all():
-        from taichi_nerf.checkpoint import CheckpointError
+        from taichi_nerf.kernels.checkpoint_io import CheckpointError
         raise CheckpointError(f"checkpoint {os.fspath(checkpoint)}: cameras/poses must be finite "
                               f"(N, 4, 4) with N > 0, got {poses.shape}")
     return poses
@@ -445,7 +445,7 @@ def resolve_path(spec: str, cfg: Mapping[str, Any], checkpoint: Union[str, os.Pa
     FILE.json (a camera path file) or a DATA folder (that split's cameras, at their own size;
     for formats without split files every `holdout`-th frame is val/test, as in `train`)."""
     if spec in ("orbit", "dataset") and not isinstance(cfg.get("orbit"), Mapping):
-        from taichi_nerf.checkpoint import CheckpointError
+        from taichi_nerf.kernels.checkpoint_io import CheckpointError
         raise CheckpointError(f"checkpoint {os.fspath(checkpoint)}: its config has no 'orbit' "
                               f"(an older checkpoint?); give --path DATA or FILE.json instead")
     if spec == "orbit":

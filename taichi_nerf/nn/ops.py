@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from taichi_nerf import runtime
+from taichi_nerf.nn import runtime
 from taichi_nerf.kernels import composite as composite_k
 from taichi_nerf.kernels.hash_grid import HashGridFieldGrad, hash_grid_kernels
 from taichi_nerf.kernels.march import march_kernels

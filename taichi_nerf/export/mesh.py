@@ -1,6 +1,6 @@
-"""Export from a trained run: triangle meshes (marching cubes on the density), depth maps, camera paths.
+"""Mesh export from a trained run: marching cubes on the density, vertex colours from the field.
 
-Mesh: the density sigma (per model unit) is sampled on a regular grid over the
+The density sigma (per model unit) is sampled on a regular grid over the
 occupied part of the model box (the bounding box of the occupancy grid's
 occupied cells, padded by a cell) and only inside occupied cells (dilated by one
 cell): elsewhere the renderer never samples, so neither does the mesh. The
@@ -10,42 +10,31 @@ back to WORLD units ((model - offset) / scale); faces are counter-clockwise
 seen from outside (normals point out of the object). Vertex colours are what a
 camera looking straight at the vertex (along -normal) sees there: the radiance
 field volume-rendered along a short segment through the vertex.
-
-Depth: per view, the distance along each pixel's ray from the camera centre to
-the surface in world units (rendered depth / opacity / scale), unknown where
-the opacity is below 0.5.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from taichi_nerf.atomic import atomic_file, atomic_write_json
-from taichi_nerf.camera_paths import CameraPath
-from taichi_nerf.data.scene import SceneTransform, to_model_space
+from taichi_nerf.atomic import atomic_file
+from taichi_nerf.data.scene import SceneTransform
+from taichi_nerf.export.errors import ExportError
 from taichi_nerf.kernels.occupancy import axis_cascade, axis_cell
 
 DEFAULT_RESOLUTION = 256
 MAX_RESOLUTION = 1024        # 1024^3 float32 samples = 4 GiB; marching cubes needs about as much again
 DEFAULT_THRESHOLD = 10.0     # sigma per model unit; see tests/test_export.py for the measurement
-MIN_OPACITY = 0.5            # depth is unknown where a pixel is less opaque than this
-DEPTH_UNITS_PER_COUNT = 1e-3  # png16 default: 1 count = 1/1000 world unit (millimetres for metres)
 MESH_SUFFIXES = (".ply", ".obj")
 DENSITY_CHUNK = 1 << 18
 
 DensityFn = Callable[[torch.Tensor], torch.Tensor]      # model points (K,3) -> sigma (K,)
 # origins (K,3), unit dirs (K,3), segment length -> rgb (K,3) in [0,1] seen along the segment
 ColorFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-
-
-class ExportError(ValueError):
-    """An export cannot be done (e.g. nothing is occupied); one line."""
 
 
 @dataclass
@@ -377,185 +366,3 @@ def write_mesh(path: Union[str, os.PathLike], mesh: Mesh, binary: bool = True) -
         write_obj(path, mesh)
     else:
         raise ExportError(f"{path}: mesh file must end in .ply or .obj")
-
-
-# ---------------------------------------------------------------- depth
-@torch.no_grad()
-def render_depth(renderer, scene: SceneTransform, path: CameraPath, progress: bool = False,
-                 min_opacity: float = MIN_OPACITY) -> List[np.ndarray]:
-    """Per camera of `path` (world units): depth (H,W) float32 along each pixel ray from the camera
-    centre in world units, NaN where the opacity is below min_opacity."""
-    from tqdm import tqdm
-
-    device = renderer.grid.density.device
-    model = to_model_space(path.poses, scene.scale, scene.offset)
-    bg = torch.zeros(3, device=device)
-    out = []
-    for i in tqdm(range(len(path)), desc="depth", disable=not progress, leave=False):
-        r = renderer.render_image(torch.from_numpy(np.ascontiguousarray(model[i])).to(device),
-                                  torch.from_numpy(path.intrinsics[i]).to(device),
-                                  torch.from_numpy(path.distortion[i]).to(device),
-                                  int(path.widths[i]), int(path.heights[i]), bg)
-        alpha = r["opacity"].cpu().numpy()
-        d = r["depth"].cpu().numpy() / np.maximum(alpha, 1e-6) / scene.scale
-        out.append(np.where(alpha >= min_opacity, d, np.nan).astype(np.float32))
-    return out
-
-
-def depth_units_per_count(depths: List[np.ndarray]) -> float:
-    """png16 scale (world units per count): 1e-3, or the smallest 1/2/5 x 10^k that fits the largest depth."""
-    finite = [float(np.nanmax(d)) for d in depths if np.isfinite(d).any()]
-    top = max(finite) if finite else 0.0
-    scale = DEPTH_UNITS_PER_COUNT
-    while top / scale > 65535:
-        for m in (2.0, 2.5, 2.0):  # 1 -> 2 -> 5 -> 10
-            scale *= m
-            if top / scale <= 65535:
-                break
-    return scale
-
-
-def write_depth(out_dir: Union[str, os.PathLike], depths: List[np.ndarray], path: CameraPath,
-                fmt: str = "png16") -> Dict[str, Any]:
-    """Write depth_NNNN.png (uint16, 0 = unknown, depth = count * units_per_count) or depth_NNNN.npy
-    (float32, NaN = unknown), plus cameras.json (the camera path) and depth_scale.json -> its content."""
-    import imageio.v3 as iio
-
-    from taichi_nerf.camera_paths import save_camera_path
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = []
-    meta: Dict[str, Any] = {
-        "depth": "distance along each pixel's ray from the camera centre, world units",
-        "cameras": "cameras.json", "format": fmt, "min_opacity": MIN_OPACITY}
-    if fmt == "png16":
-        scale = depth_units_per_count(depths)
-        meta.update(units_per_count=scale, invalid_value=0,
-                    note="depth = value * units_per_count; value 0 = no surface")
-        for i, d in enumerate(depths):
-            counts = np.where(np.isfinite(d), np.clip(np.round(np.nan_to_num(d) / scale), 1,
-                                                      65535), 0).astype(np.uint16)
-            names.append(f"depth_{i:04d}.png")
-            iio.imwrite(out / names[-1], counts)
-    elif fmt == "npy":
-        meta.update(units_per_count=None, invalid_value="NaN",
-                    note="float32 depth in world units; NaN = no surface")
-        for i, d in enumerate(depths):
-            names.append(f"depth_{i:04d}.npy")
-            np.save(out / names[-1], d.astype(np.float32))
-    else:
-        raise ExportError(f"unknown depth format {fmt!r} (png16 or npy)")
-    meta["frames"] = names
-    save_camera_path(out / "cameras.json", path)
-    # written last and atomically: a complete depth_scale.json means every frame it names is there
-    atomic_write_json(out / "depth_scale.json", meta, indent=1)
-    return meta
-
-
-def read_depth(out_dir: Union[str, os.PathLike], index: int) -> np.ndarray:
-    """Depth (H,W) float32 world units (NaN = unknown) of frame `index` written by :func:`write_depth`."""
-    import imageio.v3 as iio
-
-    out = Path(out_dir)
-    meta = json.loads((out / "depth_scale.json").read_text())
-    name = meta["frames"][index]
-    if name.endswith(".npy"):
-        return np.load(out / name)
-    counts = iio.imread(out / name).astype(np.float64)
-    return np.where(counts > 0, counts * meta["units_per_count"], np.nan).astype(np.float32)
-
-
-# ---------------------------------------------------------------- the `export` command
-def _check_writable_file(path: Path, what: str) -> None:
-    if path.is_dir():
-        raise ExportError(f"{path}: cannot write {what}, a folder has this name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        why = "is not a folder" if parent.exists() else "does not exist"
-        raise ExportError(f"{path}: cannot write {what}, {parent} {why}")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ExportError(f"{path}: cannot write {what}, permission denied")
-
-
-def _check_out_dir(path: Path) -> None:
-    """ExportError unless folder `path` exists writable or can be created (nothing is created yet)."""
-    if path.exists():
-        if not path.is_dir():
-            raise ExportError(f"{path}: cannot create the --depth folder, a file has this name")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ExportError(f"{path}: cannot write depth maps, permission denied")
-        return
-    anc = path.absolute().parent
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir():
-        raise ExportError(f"{path}: cannot create the --depth folder, {anc} is not a folder")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise ExportError(f"{path}: cannot create the --depth folder in {anc}, permission denied")
-
-
-def run_export(a, cfg: Mapping[str, Any], renderer, scene: SceneTransform, checkpoint: Path,
-               say: Callable[[str], None]) -> None:
-    """Carry out `taichi-nerf export` (args `a` checked by :func:`check_export_args`) with a loaded run."""
-    from taichi_nerf.camera_paths import resolve_path, save_camera_path
-
-    if a.mesh is not None:
-        mesh = mesh_of_run(renderer, scene, a.resolution, a.threshold,
-                           colors=not a.no_colors, progress=not a.quiet)
-        try:
-            write_mesh(a.mesh, mesh, binary=not a.ascii)
-        except OSError as e:
-            raise ExportError(f"{a.mesh}: cannot write ({e.strerror or e})") from None
-        say(f"wrote {a.mesh}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces "
-            f"(level sigma = {a.threshold:g}, resolution {a.resolution}, world units)")
-    if a.depth is not None or a.camera_path is not None:
-        if a.radius is not None and not (np.isfinite(a.radius) and a.radius > 0):
-            raise ExportError(f"--radius must be a positive number of world units, got {a.radius}")
-        path = resolve_path(a.path, cfg, checkpoint, a.frames, a.elevation, a.split,
-                            a.width, a.height, a.radius, holdout=a.holdout)
-        if a.camera_path is not None:
-            try:
-                save_camera_path(a.camera_path, path)
-            except OSError as e:
-                raise ExportError(f"{a.camera_path}: cannot write ({e.strerror or e})") from None
-            say(f"wrote {a.camera_path}: {len(path)} cameras ({a.path})")
-        if a.depth is not None:
-            depths = render_depth(renderer, scene, path, progress=not a.quiet)
-            try:
-                meta = write_depth(a.depth, depths, path, a.format)
-            except OSError as e:
-                raise ExportError(f"{a.depth}: cannot write depth maps ({e.strerror or e})") \
-                    from None
-            unit = (f"{meta['units_per_count']:g} world units per count"
-                    if a.format == "png16" else "float32 world units, NaN = no surface")
-            say(f"wrote {len(depths)} depth maps to {a.depth} ({a.format}: {unit}; "
-                f"see depth_scale.json)")
-
-
-def check_export_args(a) -> None:
-    """ExportError for bad `export` options or unwritable outputs, before any model is loaded."""
-    if a.mesh is None and a.depth is None and a.camera_path is None:
-        raise ExportError("nothing to export: give --mesh FILE.ply|.obj, --depth OUT_DIR and/or "
-                          "--camera-path FILE.json")
-    if not 8 <= a.resolution <= MAX_RESOLUTION:
-        raise ExportError(f"--resolution must be in [8, {MAX_RESOLUTION}], got {a.resolution}")
-    if not (np.isfinite(a.threshold) and a.threshold > 0):
-        raise ExportError(f"--threshold must be a finite density > 0, got {a.threshold}")
-    for name in ("frames", "width", "height"):
-        v = getattr(a, name)
-        if v is not None and v <= 0:
-            raise ExportError(f"--{name} must be > 0, got {v}")
-    if not -90.0 < a.elevation < 90.0:
-        raise ExportError(f"--elevation must lie strictly between -90 and 90 degrees, got "
-                          f"{a.elevation}")
-    if a.mesh is not None:
-        if a.mesh.suffix.lower() not in MESH_SUFFIXES:
-            raise ExportError(f"{a.mesh}: --mesh must end in .ply or .obj")
-        _check_writable_file(a.mesh, "the mesh")
-    if a.camera_path is not None:
-        if a.camera_path.suffix.lower() != ".json":
-            raise ExportError(f"{a.camera_path}: --camera-path must end in .json")
-        _check_writable_file(a.camera_path, "the camera path")
-    if a.depth is not None:
-        _check_out_dir(a.depth)

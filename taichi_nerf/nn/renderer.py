@@ -5,11 +5,11 @@ from typing import Dict, Optional
 
 import torch
 
-from taichi_nerf import losses, ops
-from taichi_nerf.cameras import generate_rays, pixel_grid
-from taichi_nerf.field import NGPField
+from taichi_nerf.nn import losses, ops
+from taichi_nerf.nn.cameras import generate_rays, pixel_grid
+from taichi_nerf.nn.field import NGPField
 from taichi_nerf.kernels.specs import T_THRESHOLD, MarchSpec
-from taichi_nerf.occupancy import OccupancyGrid
+from taichi_nerf.nn.occupancy import OccupancyGrid
 
 
 class Renderer:

@@ -13,11 +13,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from taichi_nerf import runtime
-# numpy pose helpers live in camera_paths (torch-free users need them); kept importable here
-from taichi_nerf.camera_paths import horizontal_basis, look_at, orbit_poses  # noqa: F401
+from taichi_nerf.nn import runtime
 from taichi_nerf.kernels import camera as camera_k
-from taichi_nerf.ops import check_tensor, checks_values
+from taichi_nerf.nn.ops import check_tensor, checks_values
 
 REFERENCE_NEWTON_ITERS = 20
 

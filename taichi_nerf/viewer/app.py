@@ -17,8 +17,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from taichi_nerf import runtime
-from taichi_nerf.cameras import horizontal_basis, orbit_poses
+from taichi_nerf.nn import runtime
+from taichi_nerf.render.camera_paths import horizontal_basis, orbit_poses
 from taichi_nerf.data.scene import project_pinhole
 from taichi_nerf.kernels.occupancy import cell_centers, checkpoint_occupied
 from taichi_nerf.kernels.specs import checkpoint_path
@@ -454,7 +454,7 @@ def _camera_from(cfg: Dict) -> OrbitCamera:
 def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = None,
                    height: Optional[int] = None) -> Viewer:
     """A viewer of a trained run: torch preview on cpu/cuda, torch-free Taichi preview elsewhere."""
-    from taichi_nerf.checkpoint import load_checkpoint
+    from taichi_nerf.kernels.checkpoint_io import load_checkpoint
 
     ckpt = Path(checkpoint_path(run))
     if not ckpt.exists():
@@ -462,7 +462,7 @@ def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = 
     cfg, arrays = load_checkpoint(ckpt, required_arrays=["occupancy/density"],
                                   required_config=["orbit", "width", "height", "intrinsics"])
     if runtime.torch_shares_device(arch):
-        from taichi_nerf.trainer import load_model
+        from taichi_nerf.training.trainer import load_model
         _, renderer, _ = load_model(ckpt)
         preview = TorchPreview(renderer)
     else:
@@ -487,7 +487,7 @@ def viewer_for_run(run: Path, arch: str, headless: bool, width: Optional[int] = 
 def viewer_for_training(trainer, headless: bool, width: Optional[int] = None,
                         height: Optional[int] = None) -> Viewer:
     """A viewer that trains `trainer` between frames and previews its current weights."""
-    from taichi_nerf.trainer import orbit_of
+    from taichi_nerf.training.trainer import orbit_of
 
     ds = trainer.dataset
     cfg = {"orbit": orbit_of(ds)}

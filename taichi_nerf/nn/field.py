@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from taichi_nerf import ops
+from taichi_nerf.nn import ops
 from taichi_nerf.kernels.sh import sh_dim
 from taichi_nerf.kernels.specs import HashGridSpec
 

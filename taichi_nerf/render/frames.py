@@ -10,7 +10,7 @@ import torch
 
 from taichi_nerf.data.scene import SceneTransform, to_model_space
 from taichi_nerf.kernels.specs import checkpoint_path
-from taichi_nerf.render import Renderer
+from taichi_nerf.nn.renderer import Renderer
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
@@ -42,7 +42,7 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
     """Render the requested path (orbit, dataset, DATA or FILE.json) and write frames or a video to a.out."""
     from tqdm import tqdm
 
-    from taichi_nerf.camera_paths import is_camera_path_file, resolve_path
+    from taichi_nerf.render.camera_paths import is_camera_path_file, resolve_path
 
     if any(v is not None and v <= 0 for v in (a.width, a.height)) or a.frames <= 0 \
             or a.fps <= 0:

@@ -1,0 +1,1 @@
+"""Training: the settings (`config`, torch-free), the `trainer` loop and evaluation, `metrics`."""
