@@ -167,11 +167,10 @@ class HashGridKernels:
       (accumulates into grad_table) with one task per level, so no two threads touch
       the same row and the adds need no atomics: the fast path on the CPU.
     - ``table_grad_atomic(pos, grad_out, grad_table)``: the same gradient with one thread
-      per point and atomic adds: the GPU path. Taichi's autodiff of the 16-level
-      encoder took minutes to compile for CUDA (measured on an H100); this compiles
-      like the forward.
-    - ``vjp_field(pos, grad_out, table_field, loss_field)``: loss = sum(grad_out * enc);
-      its ``.grad`` gives the table gradient through field autodiff (Vulkan/Metal).
+      per point and atomic adds: the path of CUDA, Vulkan and Metal. Taichi's autodiff of
+      the 16-level encoder took minutes to compile for CUDA (measured on an H100) and
+      6.6 min for Vulkan on lavapipe (field autodiff, the path before); this compiles like
+      the forward.
     """
 
     def __init__(self, spec: HashGridSpec):
@@ -232,66 +231,17 @@ class HashGridKernels:
                             ti.atomic_add(grad_table[rows[c], f],
                                           weights[c] * grad_out[i, l * F + f])
 
-        @ti.kernel
-        def vjp_field(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                      grad_out: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                      table: ti.template(), loss: ti.template()):
-            for i in range(pos.shape[0]):
-                p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
-                s = 0.0
-                for l in ti.static(range(L)):
-                    feat = lookup(table, p, l)
-                    for f in ti.static(range(F)):
-                        s += grad_out[i, l * F + f] * feat[f]
-                loss[None] += s
-
         self.encode_point = encode_point
         self.forward = forward
         self.forward_ad_pos = forward_ad_pos
         self.table_grad_by_level = table_grad_by_level
         self.table_grad_atomic = table_grad_atomic
-        self.vjp_field = vjp_field
 
 
 @functools.lru_cache(maxsize=None)
 def hash_grid_kernels(spec: HashGridSpec) -> HashGridKernels:
     """The compiled kernels for `spec` (made once per spec; Taichi recompiles per arch)."""
     return HashGridKernels(spec)
-
-
-@ti.kernel
-def _copy_in_2d(src: ti.types.ndarray(dtype=ti.f32, ndim=2), dst: ti.template()):
-    for i, j in ti.ndrange(src.shape[0], src.shape[1]):
-        dst[i, j] = src[i, j]
-
-
-@ti.kernel
-def _copy_out_2d(src: ti.template(), dst: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-    for i, j in ti.ndrange(dst.shape[0], dst.shape[1]):
-        dst[i, j] = src[i, j]
-
-
-class HashGridFieldGrad:
-    """Table gradient through Taichi *field* autodiff, for archs without ndarray autodiff.
-
-    Holds the table as a ``ti.field(needs_grad=True)``; :meth:`table_grad` copies the
-    current table in, runs the VJP kernel's ``.grad`` and writes d(sum(grad_out*enc))/d(table)
-    into ``grad_table`` (P, F). Create it after ``runtime.init``; it belongs to that runtime.
-    """
-
-    def __init__(self, spec: HashGridSpec):
-        self.spec = spec
-        self.kernels = hash_grid_kernels(spec)
-        self.table = ti.field(ti.f32, shape=(spec.n_params, spec.n_features), needs_grad=True)
-        self.loss = ti.field(ti.f32, shape=(), needs_grad=True)
-
-    def table_grad(self, pos, table, grad_out, grad_table) -> None:
-        """pos (N,3), table (P,F), grad_out (N,L*F) -> grad_table (P,F), all float32 arrays."""
-        _copy_in_2d(table, self.table)
-        self.table.grad.fill(0.0)
-        self.loss.grad[None] = 1.0
-        self.kernels.vjp_field.grad(pos, grad_out, self.table, self.loss)
-        _copy_out_2d(self.table.grad, grad_table)
 
 
 def table_with_level_weights(table, spec: HashGridSpec, weights):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from taichi_nerf.kernels.specs import CHECKPOINT_NAME, checkpoint_path
-from taichi_nerf.training.config import OptionError
+from taichi_nerf.options import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from taichi_nerf.data import Dataset

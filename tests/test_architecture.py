@@ -101,7 +101,7 @@ def test_data_loaders_need_only_the_kernels_and_atomic_writes():
 # and any layer below its own, never a layer above nor another package of its own layer.
 LAYERS = {
     KERNELS: 0,
-    f"{PACKAGE}.atomic": 1,
+    f"{PACKAGE}.atomic": 1, f"{PACKAGE}.options": 1,
     f"{PACKAGE}.data": 2,
     f"{PACKAGE}.process": 3, f"{PACKAGE}.render.camera_paths": 3,
     f"{PACKAGE}.nn": 4,
@@ -199,8 +199,8 @@ def test_nothing_in_the_package_imports_the_cli():
     assert violations(files, lambda n: within(n, (f"{PACKAGE}.cli",))) == []
 
 
-def test_atomic_writes_need_only_the_standard_library():
-    files = [ROOT / PACKAGE / "atomic.py"]
+def test_atomic_writes_and_option_errors_need_only_the_standard_library():
+    files = [ROOT / PACKAGE / "atomic.py", ROOT / PACKAGE / "options.py"]
     third_party = (PACKAGE, "torch", "taichi", "numpy")
     assert violations(files, lambda n: within(n, third_party)) == []
 

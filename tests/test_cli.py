@@ -438,3 +438,22 @@ def test_bench_training_bad_data_is_one_line(tmp_path, capsys):
     rc, _, err = cli(capsys, "bench", "--training", "--data", tmp_path / "nowhere", "--time",
                      "1", "--arch", "cpu")
     assert_one_line_error(rc, err, "bench", "nowhere")
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--radius", "-1"], "--radius must be a positive number of world units, got -1.0"),
+    (["--elevation", "90"], "--elevation must lie strictly between -90 and 90 degrees, got 90.0"),
+    (["--frames", "0"], "--frames must be > 0, got 0"),
+    (["--width", "0"], "--width must be > 0, got 0"),
+])
+def test_render_and_export_check_path_options_alike(trained_run, tmp_path, capsys, flags,
+                                                    problem):
+    """One rule (camera_paths.check_path_options) for both commands' camera-path options."""
+    run, _ = trained_run
+    lines = {}
+    for command, out in (("render", ["--out", tmp_path / "f"]),
+                         ("export", ["--camera-path", tmp_path / "c.json"])):
+        rc, _, err = cli(capsys, command, run, *out, "--arch", "cpu", "--quiet", *flags)
+        assert_one_line_error(rc, err, command, problem)
+        lines[command] = err.split(": error: ", 1)[1]
+    assert lines["render"] == lines["export"]

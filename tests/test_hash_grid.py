@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from taichi_nerf.nn import ops, reference
+from taichi_nerf.nn import ops, reference, runtime
 from taichi_nerf.kernels.specs import HashGridSpec
 
 from conftest import rel_err
@@ -91,17 +91,11 @@ def test_level_parallel_backward_equals_autodiff(cpu_runtime, gen):
     assert rel_err(via_atomics, via_autodiff) < 1e-5
 
 
-def test_field_autodiff_equals_ndarray_autodiff(cpu_runtime, gen):
-    """The Vulkan/Metal training path (field autodiff) gives the CPU autodiff gradient."""
-    from taichi_nerf.kernels.hash_grid import HashGridFieldGrad
-    spec = SPECS["mixed"]
-    pos, table = _inputs(spec, gen)
-    g = torch.randn(pos.shape[0], spec.out_dim, generator=gen)
-    t = table.clone().requires_grad_()
-    ops.hash_encode(pos, t, spec).backward(g)
-    via_field = torch.zeros_like(table)
-    HashGridFieldGrad(spec).table_grad(pos, table, g, via_field)
-    assert rel_err(via_field, t.grad) < 1e-5
+def test_table_gradient_kernel_per_arch(arch):
+    """The CPU's level-parallel kernel on cpu; atomics everywhere else (Vulkan/Metal have no
+    ndarray autodiff, and field autodiff of the encoder took 6.6 min to compile there).
+    test_table_gradient_matches_reference checks the gradient itself on each arch."""
+    assert runtime.current().table_grad == ("by_level" if arch == "cpu" else "atomic")
 
 
 def test_hash_uses_the_instant_ngp_primes():

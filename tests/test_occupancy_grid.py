@@ -213,3 +213,34 @@ def test_schedule_matches_instant_ngp(cpu_runtime):
     assert make_grid(warmup=256).warmup_steps == 256
     assert due[:4] == [0, 1, 2, 3]
     assert all(b - a == 16 for a, b in zip(due, due[1:]) if a >= 256)
+
+
+def test_grid_is_a_module_with_buffers(cpu_runtime, gen):
+    """As nerfacc's estimator: state in buffers, so .to / state_dict carry the grid along
+    with a model that holds it; cursor and threshold ride as extra state."""
+    grid = make_grid(budget=1 << 9, warmup=8)
+    step = visit_all(grid, ball_density(), gen)
+    grid.update(step, ball_density(), gen)  # past warm-up: random + occupied cells
+    assert isinstance(grid, torch.nn.Module) and grid.device == torch.device("cpu")
+    assert dict(grid.named_buffers()).keys() == {"density", "bitfield"}
+
+    class Holder(torch.nn.Module):
+        def __init__(self, g):
+            super().__init__()
+            self.grid = g
+
+    sd = Holder(grid).state_dict()
+    assert {"grid.density", "grid.bitfield", "grid._extra_state"} <= sd.keys()
+    fresh = Holder(make_grid(budget=1 << 9, warmup=8))
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.grid.bitfield, grid.bitfield)
+    assert torch.equal(fresh.grid.density, grid.density)
+    assert fresh.grid.threshold == grid.threshold and fresh.grid._cursor == grid._cursor
+    assert grid.to("cpu") is grid
+    # its own march is the marcher with its bitfield and specs
+    rays_o = torch.tensor([[0.5, 0.5, -1.0], [0.05, 0.05, -1.0]])
+    rays_d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    s = grid.sample(rays_o, rays_d)
+    counts = s.rays[:, 1].tolist()
+    assert counts[0] > 0 and counts[1] == 0  # through the ball; past it, in empty cells
+    assert ((s.positions - 0.5).norm(dim=-1) < 0.2 + 2 * math.sqrt(3) / 16).all()

@@ -257,6 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from taichi_nerf.process import ProcessError
     from taichi_nerf.render.frames import RenderError
     from taichi_nerf.nn.runtime import ArchUnavailableError
+    from taichi_nerf.options import OptionError
     from taichi_nerf.training.trainer import TrainingDiverged
     from taichi_nerf.viewer.app import ViewerError
 
@@ -268,6 +269,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CLIError, DataError, CheckpointError, ArchUnavailableError, ViewerError, ExportError,
             RenderError, ProcessError) as e:
         print(f"taichi-nerf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OptionError as e:  # a library option: named as the flag that set it
+        print(f"taichi-nerf {args.command}: error: {_cli_option_error(e)}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"taichi-nerf {args.command}: error: training diverged ({e}); no checkpoint was "

@@ -11,6 +11,7 @@ from taichi_nerf.data.scene import SceneTransform
 from taichi_nerf.export.depth import render_depth, write_depth
 from taichi_nerf.export.errors import ExportError
 from taichi_nerf.export.mesh import MAX_RESOLUTION, MESH_SUFFIXES, mesh_of_run, write_mesh
+from taichi_nerf.render.camera_paths import check_path_options
 
 
 def _check_writable_file(path: Path, what: str) -> None:
@@ -56,8 +57,6 @@ def run_export(a, cfg: Mapping[str, Any], renderer, scene: SceneTransform, check
         say(f"wrote {a.mesh}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces "
             f"(level sigma = {a.threshold:g}, resolution {a.resolution}, world units)")
     if a.depth is not None or a.camera_path is not None:
-        if a.radius is not None and not (np.isfinite(a.radius) and a.radius > 0):
-            raise ExportError(f"--radius must be a positive number of world units, got {a.radius}")
         path = resolve_path(a.path, cfg, checkpoint, a.frames, a.elevation, a.split,
                             a.width, a.height, a.radius, holdout=a.holdout)
         if a.camera_path is not None:
@@ -88,13 +87,7 @@ def check_export_args(a) -> None:
         raise ExportError(f"--resolution must be in [8, {MAX_RESOLUTION}], got {a.resolution}")
     if not (np.isfinite(a.threshold) and a.threshold > 0):
         raise ExportError(f"--threshold must be a finite density > 0, got {a.threshold}")
-    for name in ("frames", "width", "height"):
-        v = getattr(a, name)
-        if v is not None and v <= 0:
-            raise ExportError(f"--{name} must be > 0, got {v}")
-    if not -90.0 < a.elevation < 90.0:
-        raise ExportError(f"--elevation must lie strictly between -90 and 90 degrees, got "
-                          f"{a.elevation}")
+    check_path_options(a.frames, a.elevation, a.width, a.height, a.radius)
     if a.mesh is not None:
         if a.mesh.suffix.lower() not in MESH_SUFFIXES:
             raise ExportError(f"{a.mesh}: --mesh must end in .ply or .obj")

@@ -1,12 +1,14 @@
 """The torch building blocks: kernel ops with autograd, the field, the occupancy grid, the renderer.
 
-For people who bring their own field (as with nerfacc)::
+For people who bring their own field (as with nerfacc; examples/own_field.py trains one)::
 
     from taichi_nerf import nn as tnn
-    grid = tnn.OccupancyGrid(occ_spec, march_spec, device)       # an nn.Module with buffers
-    samples = tnn.march_rays(rays_o, rays_d, grid.bitfield, occ_spec, march_spec)
-    feats = tnn.hash_encode(samples.positions, table, grid_spec)
-    out = tnn.composite(sigmas, rgbs, samples.ts, samples.dts, samples.rays, n_rays)
+    grid = tnn.OccupancyGrid(occ_spec, march_spec, device)     # an nn.Module with buffers
+    samples = grid.sample(rays_o, rays_d)                      # march the occupied cells
+    sigma, rgb = my_field(samples.positions)                   # (M,), (M,3)
+    rgb_out, depth, opacity, n_used = tnn.composite(sigma, rgb, samples.t, samples.dt,
+                                                    samples.rays, bg)
+    grid.update(step, lambda pts: my_field(pts)[0])            # every few steps
 
 Names resolve lazily (torch and Taichi load on first use), so importing one submodule,
 such as the numpy checkpoint writer, does not load the others.

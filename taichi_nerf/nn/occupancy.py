@@ -7,10 +7,16 @@ import torch
 
 from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
+from taichi_nerf.nn.ops import PackedSamples, march_rays
 
 
-class OccupancyGrid:
+class OccupancyGrid(torch.nn.Module):
     """instant-ngp's occupancy grid: cells hold an EMA of optical thickness (sigma x min step).
+
+    An ``nn.Module`` whose state is two buffers, as nerfacc's estimator: ``density``
+    (n_cells,) float32 and ``bitfield`` (n_words,) int32, so ``.to(device)``, ``state_dict()``
+    and ``load_state_dict()`` carry the grid with a field it belongs to; the warm-up cursor
+    and the current threshold travel as the module's extra state.
 
     The rule for "occupied" is :func:`taichi_nerf.kernels.occupancy.build_bitfield`
     (density above min(0.01, mean of cascade 0), max-pooled into coarser cascades);
@@ -22,17 +28,42 @@ class OccupancyGrid:
     afford instant-ngp's every cell at every update of the first 256 steps).
     """
 
-    def __init__(self, spec: OccupancySpec, march: MarchSpec, device: torch.device,
+    density: torch.Tensor
+    bitfield: torch.Tensor
+
+    def __init__(self, spec: OccupancySpec, march: MarchSpec, device: Optional[torch.device] = None,
                  decay: float = 0.95, warmup_steps: int = 256,
                  max_cells_per_update: int = 1 << 18):
-        self.spec, self.march, self.device = spec, march, device
+        super().__init__()
+        self.spec, self.march = spec, march
         self.decay, self.warmup_steps = decay, warmup_steps
         self.max_cells_per_update = max_cells_per_update
-        self.density = torch.full((spec.n_cells,), occ_k.UNVISITED, device=device)
-        self.bitfield = torch.empty(spec.n_words, dtype=torch.int32, device=device)
+        self.register_buffer("density", torch.full((spec.n_cells,), occ_k.UNVISITED,
+                                                   device=device))
+        self.register_buffer("bitfield", torch.empty(spec.n_words, dtype=torch.int32,
+                                                     device=device))
         self.threshold = 0.0
         self.repack()
         self._cursor = 0  # warm-up visits the cells in a fixed order, all within a few updates
+
+    @property
+    def device(self) -> torch.device:
+        """Where the grid's buffers live (they move with ``.to``)."""
+        return self.density.device
+
+    def get_extra_state(self) -> dict:
+        """The warm-up cursor and the current threshold (for ``state_dict``)."""
+        return {"cursor": self._cursor, "threshold": self.threshold}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`get_extra_state` returned."""
+        self._cursor, self.threshold = int(state["cursor"]), float(state["threshold"])
+
+    def sample(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
+               jitter: Optional[torch.Tensor] = None) -> PackedSamples:
+        """March rays (R,3) (model space, unit directions) through the occupied cells ->
+        PackedSamples (see :func:`taichi_nerf.nn.ops.march_rays`; jitter (R,) in [0,1))."""
+        return march_rays(rays_o, rays_d, self.bitfield, self.spec, self.march, jitter)
 
     def mark_unseen(self, c2w: torch.Tensor, intrinsics: torch.Tensor, width: int,
                     height: int) -> None:

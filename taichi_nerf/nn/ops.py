@@ -5,8 +5,8 @@ tensor's device agree (cpu/cpu, cuda/cuda) the kernel reads and writes the
 tensor's own memory (on vulkan/metal torch stays on the CPU and Taichi copies).
 
 Backward, per op (tests compare each with the pure-torch reference):
-- hash grid, table gradient: hand-written kernels on cpu (one task per level) and
-  cuda (atomics); Taichi field autodiff on vulkan/metal (``runtime.table_grad``);
+- hash grid, table gradient: hand-written kernels, one task per level on cpu and atomic
+  adds elsewhere (cuda, vulkan, metal; ``runtime.table_grad``);
 - hash grid, position gradient: Taichi ndarray autodiff (``kernel.grad``), which
   Taichi 1.7.4 offers on cpu/cuda only (elsewhere NotImplementedError);
 - compositing: a hand-written backward kernel on every arch (Taichi's autodiff
@@ -22,7 +22,7 @@ import torch
 
 from taichi_nerf.nn import runtime
 from taichi_nerf.kernels import composite as composite_k
-from taichi_nerf.kernels.hash_grid import HashGridFieldGrad, hash_grid_kernels
+from taichi_nerf.kernels.hash_grid import hash_grid_kernels
 from taichi_nerf.kernels.march import march_kernels
 from taichi_nerf.kernels.rays import ray_aabb_kernel
 from taichi_nerf.kernels.sh import sh_kernels
@@ -71,18 +71,6 @@ def _with_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- hash grid
-_field_grads: dict = {}
-
-
-def _field_grad(spec: HashGridSpec) -> HashGridFieldGrad:
-    gen = runtime.current().generation
-    key = (spec, gen)
-    if key not in _field_grads:
-        _field_grads.clear()  # fields of an earlier runtime are invalid
-        _field_grads[key] = HashGridFieldGrad(spec)
-    return _field_grads[key]
-
-
 class _HashEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pos, table, spec):
@@ -115,10 +103,8 @@ class _HashEncode(torch.autograd.Function):
         elif rt.table_grad == "by_level":
             # one task per level: no atomics, ~3x faster than autodiff here (docs/design-notes.md)
             k.table_grad_by_level(pos.detach(), grad_out, g_table)
-        elif rt.table_grad == "atomic":
-            k.table_grad_atomic(pos.detach(), grad_out, g_table)
         else:
-            _field_grad(spec).table_grad(pos.detach(), table.detach(), grad_out, g_table)
+            k.table_grad_atomic(pos.detach(), grad_out, g_table)
         return g_pos, g_table, None
 
 

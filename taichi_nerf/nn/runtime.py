@@ -39,9 +39,9 @@ class Runtime:
     @property
     def table_grad(self) -> str:
         """Hash-table gradient kernel for this arch: "by_level" (few CPU cores: one task per
-        level, no atomics), "atomic" (CUDA: one thread per point and level) or "field"
-        (Vulkan/Metal: field autodiff, as ndarray autodiff is unavailable there)."""
-        return {"cpu": "by_level", "cuda": "atomic"}.get(self.arch, "field")
+        level, no atomics) or "atomic" (GPUs, Vulkan/Metal included: one thread per point and
+        level; hand-written, so it needs no autodiff, which Vulkan/Metal lack for ndarrays)."""
+        return "by_level" if self.arch == "cpu" else "atomic"
 
 
 def torch_shares_device(arch: str) -> bool:

@@ -39,6 +39,7 @@ from taichi_nerf.atomic import atomic_write_json
 from taichi_nerf.data.errors import DataError
 # the pose maths lives beside the loaders, where the built-in scene's writers use it too
 from taichi_nerf.data.poses import look_at, quat_to_rotation, rotation_to_quat
+from taichi_nerf.options import OptionError
 
 PATH_VERSION = 1
 INTRINSIC_KEYS = ("fx", "fy", "cx", "cy")
@@ -437,6 +438,21 @@ def is_camera_path_file(spec: str) -> bool:
     return str(spec).lower().endswith(".json")
 
 
+def check_path_options(frames: Optional[int] = None, elevation: float = 30.0,
+                       width: Optional[int] = None, height: Optional[int] = None,
+                       radius: Optional[float] = None) -> None:
+    """OptionError naming the first bad one of resolve_path's options (counts, sizes in pixels,
+    radius in world units, elevation in degrees); None means the default."""
+    for name, value in (("frames", frames), ("width", width), ("height", height)):
+        if value is not None and not value > 0:
+            raise OptionError(name, f"must be > 0, got {value}")
+    if radius is not None and not (math.isfinite(radius) and radius > 0):
+        raise OptionError("radius", f"must be a positive number of world units, got {radius}")
+    if not -90.0 < elevation < 90.0:
+        raise OptionError("elevation", f"must lie strictly between -90 and 90 degrees, got "
+                                       f"{elevation}")
+
+
 def resolve_path(spec: str, cfg: Mapping[str, Any], checkpoint: Union[str, os.PathLike],
                  frames: int, elevation: float = 30.0, split: str = "test",
                  width: Optional[int] = None, height: Optional[int] = None,
@@ -444,6 +460,7 @@ def resolve_path(spec: str, cfg: Mapping[str, Any], checkpoint: Union[str, os.Pa
     """A --path value -> CameraPath: 'orbit', 'dataset' (smooth path through the training cameras),
     FILE.json (a camera path file) or a DATA folder (that split's cameras, at their own size;
     for formats without split files every `holdout`-th frame is val/test, as in `train`)."""
+    check_path_options(frames, elevation, width, height, radius)
     if spec in ("orbit", "dataset") and not isinstance(cfg.get("orbit"), Mapping):
         from taichi_nerf.kernels.checkpoint_io import CheckpointError
         raise CheckpointError(f"checkpoint {os.fspath(checkpoint)}: its config has no 'orbit' "

@@ -42,16 +42,12 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
     """Render the requested path (orbit, dataset, DATA or FILE.json) and write frames or a video to a.out."""
     from tqdm import tqdm
 
-    from taichi_nerf.render.camera_paths import is_camera_path_file, resolve_path
+    from taichi_nerf.render.camera_paths import check_path_options, is_camera_path_file, \
+        resolve_path
 
-    if any(v is not None and v <= 0 for v in (a.width, a.height)) or a.frames <= 0 \
-            or a.fps <= 0:
-        raise RenderError("--width, --height, --frames and --fps must be > 0")
-    if a.radius is not None and not (np.isfinite(a.radius) and a.radius > 0):
-        raise RenderError(f"--radius must be a positive number of world units, got {a.radius}")
-    if not -90.0 < a.elevation < 90.0:
-        raise RenderError(f"--elevation must lie strictly between -90 and 90 degrees, got "
-                          f"{a.elevation}")
+    check_path_options(a.frames, a.elevation, a.width, a.height, a.radius)
+    if a.fps <= 0:
+        raise RenderError(f"--fps must be > 0, got {a.fps}")
     check_video_destination(a.out)  # fail before rendering, not after
     keyword = a.path in ("orbit", "dataset") or is_camera_path_file(a.path)
     if not keyword and (a.width or a.height):

@@ -12,17 +12,12 @@ import typing
 from typing import Any, Optional
 
 from taichi_nerf.kernels.specs import MAX_LOG2_TABLE, MAX_RESOLUTION
+from taichi_nerf.options import OptionError
+
+__all__ = ["MAX_APPEARANCE", "OptionError", "TrainConfig", "check_setting", "range_help",
+           "value_kind"]
 
 MAX_APPEARANCE = 256  # floats per image; nerfacto uses 32
-
-
-class OptionError(ValueError):
-    """A bad training option: ``option`` is its keyword name (None for the run folder),
-    ``problem`` the rest of the one-line message."""
-
-    def __init__(self, option: Optional[str], problem: str) -> None:
-        self.option, self.problem = option, problem
-        super().__init__(problem if option is None else f"{option} {problem}")
 
 
 def _opt(default: Any, help: str, lo: Optional[float] = None, hi: Optional[float] = None,
