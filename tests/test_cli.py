@@ -204,6 +204,15 @@ def test_train_resume_with_other_table_size(trained_run, scene32, tmp_path, caps
                           "--log2-table 12")
 
 
+def test_train_resume_names_every_differing_shape_flag(trained_run, scene32, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    rc, _, err = cli(capsys, "train", scene32, "--out", run, "--steps", TRAIN_STEPS + 1,
+                     "--resume", "--n-levels", "8", "--occ-resolution", "32", *FAST)
+    assert_one_line_error(rc, err, "train", "n_levels 16", "--n-levels 16",
+                          "--occ-resolution")
+
+
 def _usage_error(capsys, *argv) -> str:
     """argparse's error line for `taichi-nerf argv...`, which must exit 2 while parsing."""
     with pytest.raises(SystemExit) as e:

@@ -88,9 +88,14 @@ def test_parsed_flags_reach_prepare_training(monkeypatch):
     assert seen["occ_resolution"] == 64 and seen["sparse_depth"] == 0.5
     assert "near" not in seen and "coarse_to_fine" not in seen and "appearance" not in seen
     seen.clear()
-    with pytest.raises(_Stop):  # view --train shares _prepare_training, without these flags
+    with pytest.raises(_Stop):  # view --train shares _prepare_training and the flags
         main(["view", "--train", "--headless", "--frames", "1", "--arch", "cpu", "--quiet"])
     assert "lr" not in seen and seen["steps"] is None
+    seen.clear()
+    with pytest.raises(_Stop):
+        main(["view", "--train", "--headless", "--frames", "1", "--arch", "cpu", "--quiet",
+              "--lr", "0.005", "--log2-table", "13", "--no-pixel-jitter"])
+    assert seen["lr"] == 0.005 and seen["log2_table"] == 13 and seen["pixel_jitter"] is False
 
 
 def test_generated_flags_reach_the_checkpoint(scene_dir, tmp_path, capsys):

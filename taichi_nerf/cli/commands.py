@@ -161,7 +161,7 @@ def cmd_view(a: argparse.Namespace) -> int:
     if a.screenshot is not None and not a.screenshot.parent.is_dir():
         raise CLIError(f"{a.screenshot.parent}: folder does not exist (for --screenshot)")
     if a.train:
-        a.data, a.resume, a.eval_every, a.log2_table = a.source, False, 0, None
+        a.data, a.resume = a.source, False
         trainer, val, out = _prepare_training(a)
         viewer = viewer_for_training(trainer, a.headless, a.width, a.height)
         viewer.steps_per_frame = a.steps_per_frame

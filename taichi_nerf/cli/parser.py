@@ -29,6 +29,8 @@ def _aabb_arg(p: argparse.ArgumentParser) -> None:
 # settings with their own wording or metavar); every other field gets a generated flag
 TRAIN_HAND_FLAGS = ("steps", "time", "seed", "eval_every", "log2_table", "sparse_depth",
                     "appearance")
+# ... and those `view --train` declares by hand or leaves out (no validation runs there)
+VIEW_HAND_FLAGS = ("steps", "time", "seed", "eval_every")
 CONFIG_GROUP = "training settings (TrainConfig)"
 
 
@@ -165,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     _aabb_arg(v)
     v.add_argument("--quiet", action="store_true")
     _arch_arg(v)
+    # with --train, every trainer setting as for `train` (validation is `train`'s alone)
+    _config_args(v, TrainConfig, skip=VIEW_HAND_FLAGS)
 
     e = sub.add_parser("eval", help="evaluate a trained run on a dataset",
                        description="Render every view of a split of DATA with the run's model "

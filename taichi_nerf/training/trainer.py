@@ -33,7 +33,6 @@ LOSS_READ_EVERY = 10  # steps between host readouts of the loss (progress bar, d
 # TrainConfig settings that set parameter shapes (a resume must keep them), and those of
 # them that `taichi-nerf train` takes as options (--aabb-scale is the scene's)
 SHAPE_SETTINGS = ("log2_table", "n_levels", "finest_resolution", "occ_resolution")
-CLI_SETTINGS = ("log2_table", "aabb_scale")
 C2F_RAMP_PHOTOS = 0.5  # share of the budget over which fine levels join, for photos
 METRICS_NAME = "metrics.json"
 
@@ -321,9 +320,10 @@ class Trainer:
                                   f"occupancy grid layout than these settings; resume with the "
                                   f"settings it was trained with")
         was = ", ".join(f"{k} {v}" for k, v in differ)
-        opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in differ if k in CLI_SETTINGS)
+        # every shape setting and the aabb scale are `train` flags
+        opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in differ)
         raise CheckpointError(f"checkpoint {path} was trained with {was}; resume with the same "
-                              f"settings" + (f" ({opts})" if opts else ""))
+                              f"settings ({opts})")
 
     def load(self, path: Path) -> None:
         """Restore a checkpoint written by :meth:`save` of the same configuration."""
