@@ -89,7 +89,6 @@ def cell_index(p: torch.Tensor, c: torch.Tensor, res: int) -> torch.Tensor:
 
 # ops.PackedSamples' fields again, on purpose: the oracle imports nothing of the code it checks
 @dataclasses.dataclass
-# the oracle's own twin of ops.PackedSamples, field for field: it imports nothing from ops
 class Packed:
     """Packed samples: t, dt (M,), positions, dirs (M,3), ray_index (M,), rays (R,2) = (start, count)."""
 
