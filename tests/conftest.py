@@ -27,6 +27,12 @@ def arch_name(request):
 @pytest.fixture
 def arch(arch_name):
     """Taichi initialised on `arch_name` for this test (a no-op when it already runs there)."""
+    return init_or_skip(arch_name)
+
+
+def init_or_skip(arch_name: str) -> str:
+    """runtime.init(arch_name) -> its name; an unavailable arch skips the test here but fails
+    it in CI (where .ci/run installs lavapipe), on cpu, or when TAICHI_NERF_TEST_ARCHS asks."""
     try:
         rt = runtime.init(arch_name)
     except runtime.ArchUnavailableError as e:

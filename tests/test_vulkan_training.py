@@ -5,14 +5,13 @@ per level) and in where torch's tensors live (the host, copied to the device per
 a short CLI run must learn the scene, and its checkpoint must render alike on cpu and vulkan.
 """
 import json
-import os
 
 import pytest
 
 from taichi_nerf.data import builtin
 from taichi_nerf.nn import runtime
 
-from conftest import cli
+from conftest import cli, init_or_skip
 
 # 100 steps, 32x32 built-in scene, --log2-table 12: 18.1 dB on lavapipe (47 s, compiling
 # included); an untrained field renders the background, far below
@@ -22,11 +21,7 @@ FLOOR = 16.0
 @pytest.fixture(scope="module")
 def vulkan():
     try:
-        runtime.init("vulkan")
-    except runtime.ArchUnavailableError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"Vulkan must be available in CI (.ci/run installs lavapipe): {e}")
-        pytest.skip(f"Vulkan unavailable on this machine: {e}")
+        init_or_skip("vulkan")
     finally:
         runtime.init("cpu")
 

@@ -48,7 +48,6 @@ def checked_value(name: str, kind: type) -> Callable[[str], Any]:
         except OptionError as e:
             raise argparse.ArgumentTypeError(e.problem) from None
         return value
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 

@@ -8,15 +8,15 @@ import torch
 from taichi_nerf.nn import losses, ops
 from taichi_nerf.nn.cameras import generate_rays, pixel_grid
 from taichi_nerf.nn.field import NGPField
-from taichi_nerf.kernels.specs import T_THRESHOLD, MarchSpec
+from taichi_nerf.kernels.specs import T_THRESHOLD
 from taichi_nerf.nn.occupancy import OccupancyGrid
 
 
 class Renderer:
     """Renders rays given in model space through a field and its occupancy grid."""
 
-    def __init__(self, field: NGPField, grid: OccupancyGrid, march: MarchSpec):
-        self.field, self.grid, self.march = field, grid, march
+    def __init__(self, field: NGPField, grid: OccupancyGrid):
+        self.field, self.grid = field, grid  # the grid's own MarchSpec steps the rays
         lo, hi = grid.spec.aabb
         self.lo = lo[0]
         self.size = hi[0] - lo[0]
@@ -44,7 +44,7 @@ class Renderer:
         near_grad_distance > 0: gradients of samples nearer than that (model units) shrink
         as (t / distance)^2 (training). image (R,): training-image index of each ray, for
         the field's appearance codes (None: the mean code, as for any new view)."""
-        s = ops.march_rays(rays_o, rays_d, self.grid.bitfield, self.grid.spec, self.march, jitter)
+        s = self.grid.sample(rays_o, rays_d, jitter)
         n_rays = rays_o.shape[0]
         if max_samples is not None and s.n_samples > max_samples:
             ends = s.rays[:, 0].long() + s.rays[:, 1].long()

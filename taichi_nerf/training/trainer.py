@@ -118,7 +118,7 @@ class Trainer:
         self.field = NGPField(field_cfg, generator=self.generator).to(self.device)
         self.grid = OccupancyGrid(occ, march, self.device, warmup_steps=config.occ_warmup_steps,
                                   max_cells_per_update=config.occ_cells_per_update)
-        self.renderer = Renderer(self.field, self.grid, march)
+        self.renderer = Renderer(self.field, self.grid)
         weights, biases = self.field.mlp_parameters()
         self.optimizer = adam(
             [{"params": [self.field.grid.table], "weight_decay": 0.0},
@@ -375,7 +375,7 @@ def load_model(path: Path, device: Optional[torch.device] = None):
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
     field.eval()
-    return cfg, Renderer(field, grid, march), scene
+    return cfg, Renderer(field, grid), scene
 
 
 def appearance_note(field: NGPField) -> Optional[str]:
