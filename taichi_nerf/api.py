@@ -235,7 +235,7 @@ class Nerf:
         if bg.shape != (3,):
             raise ValueError(f"background must be 3 numbers (rgb), got shape {bg.shape}")
         model = to_model_space(pose, self.scene.scale, self.scene.offset)
-        dev = self.renderer.grid.density.device
+        dev = self.renderer.grid.device
         out = self.renderer.render_image(
             torch.from_numpy(np.ascontiguousarray(model)).to(dev),
             torch.from_numpy(np.ascontiguousarray(k)).to(dev),

@@ -248,16 +248,20 @@ def _bench_composite(n_rays: int, repeats: int, warmup: int, dev) -> List[Dict[s
     return out
 
 
-def machine_ceilings(repeats: int, dev) -> Dict[str, Any]:
-    """float32 GEMM GFLOP/s ((2^18 x 64) @ (64 x 64), torch) and copy bandwidth GB/s (256 MB)."""
-    m, k, n = GEMM_SHAPE
+def gemm_gflops(m: int, k: int, n: int, repeats: int, dev) -> float:
+    """float32 GFLOP/s of torch's (m x k) @ (k x n) on dev (median of `repeats`)."""
     g = _gen(400)
     a = torch.randn(m, k, generator=g).to(dev)
     b = torch.randn(k, n, generator=g).to(dev)
     c = torch.empty(m, n, device=dev)
     t = measure({"gemm": lambda: torch.mm(a, b, out=c)}, repeats, warmup=1)["gemm"]
-    gflops = 2.0 * m * k * n / t["median_s"] / 1e9
-    del a, b, c
+    return 2.0 * m * k * n / t["median_s"] / 1e9
+
+
+def machine_ceilings(repeats: int, dev) -> Dict[str, Any]:
+    """float32 GEMM GFLOP/s ((2^18 x 64) @ (64 x 64), torch) and copy bandwidth GB/s (256 MB)."""
+    m, k, n = GEMM_SHAPE
+    gflops = gemm_gflops(m, k, n, repeats, dev)
     x = torch.ones(COPY_BYTES // 4, dtype=torch.float32, device=dev)
     y = torch.empty_like(x)
     t2 = measure({"clone": lambda: x.clone(), "copy_": lambda: y.copy_(x)}, repeats, warmup=1)
@@ -265,7 +269,8 @@ def machine_ceilings(repeats: int, dev) -> Dict[str, Any]:
         v.pop("output", None)
     moved = 2.0 * x.numel() * x.element_size()       # bytes read + written
     return {
-        "gemm_shape": list(GEMM_SHAPE), "gemm_gflops": gflops, "gemm_median_s": t["median_s"],
+        "gemm_shape": list(GEMM_SHAPE), "gemm_gflops": gflops,
+        "gemm_median_s": 2.0 * m * k * n / gflops / 1e9,
         "copy_bytes": COPY_BYTES,
         "copy_gb_s": moved / t2["clone"]["median_s"] / 1e9,            # torch clone (allocates)
         "copy_into_gb_s": moved / t2["copy_"]["median_s"] / 1e9,       # copy_ into a live buffer

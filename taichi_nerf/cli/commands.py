@@ -209,13 +209,34 @@ def bench_exit_code(results: Dict[str, Any]) -> int:
     return 1
 
 
+def _bench_profile(a: argparse.Namespace) -> int:
+    """`bench --profile [DATA]`: the step profile's table (and --json)."""
+    from taichi_nerf.bench.profile import format_profile_markdown, run_step_profile
+    _positive("time", a.time)
+    _positive("steps", a.steps)
+    _positive("downscale", a.downscale)
+    data = None if a.profile == BUILTIN else str(_resolve_data(a.profile, False))
+    res = run_step_profile(data=data, warmup_s=a.time, steps=a.steps, downscale=a.downscale,
+                           holdout=a.holdout)
+    print(format_profile_markdown(res))
+    if a.json:
+        from taichi_nerf.atomic import atomic_write_json
+        atomic_write_json(a.json, {"profile": res}, default=str)
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from taichi_nerf.bench.kernels import format_markdown, run_kernel_benchmark
 
     if a.quick and a.training:
         raise CLIError("--quick is the kernel benchmark at small sizes and has no training part; "
                        "for a short training benchmark give --training --time SECONDS")
+    if a.profile is not None and (a.viewer is not None or a.kernels or a.training or a.quick):
+        raise CLIError("--profile runs alone; give it without --viewer, --kernels, --training "
+                       "or --quick")
     rt = _init(a.arch)
+    if a.profile is not None:
+        return _bench_profile(a)
     results = {}
     if a.viewer is not None:
         from taichi_nerf.bench.viewer import format_viewer_markdown, run_viewer_benchmark

@@ -281,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     _arch_arg(x)
 
-    b = sub.add_parser("bench", help="measure kernel and training speed",
+    b = sub.add_parser("bench", help="measure kernel, training and preview speed",
                        description="Kernel benchmark (Taichi vs the pure-torch reference) and a "
                                    "short training run on the built-in scene; prints Markdown "
                                    "for BENCHMARKS.md.")
@@ -292,7 +292,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--viewer", type=Path, metavar="RUN",
                    help="preview frames/s of the headless viewer on RUN (256 and 512 px, "
                         "static and moving) on --arch; nothing else runs")
-    b.add_argument("--time", type=float, default=60.0, help="training budget in seconds")
+    b.add_argument("--profile", nargs="?", const=BUILTIN, default=None, metavar="DATA",
+                   help="step profile on DATA (default: the built-in scene): train --time "
+                        "seconds, then split --steps steps by stage (rays, marching, hash "
+                        "encoding, MLP, compositing, loss, optimizer, occupancy, overhead) with "
+                        "each stage's rate against this machine's ceilings; nothing else runs "
+                        "(cpu only)")
+    b.add_argument("--steps", type=int, default=32,
+                   help="--profile: steps profiled after the training (default 32)")
+    b.add_argument("--time", type=float, default=60.0,
+                   help="training budget in seconds (with --profile: training before the "
+                        "profiled steps)")
     b.add_argument("--data", default=None,
                    help="training benchmark dataset (default: the built-in scene)")
     b.add_argument("--downscale", type=int, default=1, help="training benchmark image downscale")

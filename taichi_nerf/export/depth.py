@@ -28,7 +28,7 @@ def render_depth(renderer, scene: SceneTransform, path: CameraPath, progress: bo
     centre in world units, NaN where the opacity is below min_opacity."""
     from tqdm import tqdm
 
-    device = renderer.grid.density.device
+    device = renderer.grid.device
     model = to_model_space(path.poses, scene.scale, scene.offset)
     bg = torch.zeros(3, device=device)
     out = []

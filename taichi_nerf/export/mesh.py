@@ -293,7 +293,7 @@ def mesh_of_run(renderer, scene: SceneTransform, resolution: int = DEFAULT_RESOL
     return extract_mesh(renderer.density, lo, hi, scene, resolution, threshold,
                         occupied=occupied_cells(grid, dilate=1).cpu().numpy(),
                         color_fn=field_color_fn(renderer) if colors else None,
-                        device=grid.density.device, progress=progress)
+                        device=grid.device, progress=progress)
 
 
 # ---------------------------------------------------------------- writers

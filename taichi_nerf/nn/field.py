@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from taichi_nerf.nn import ops
+from taichi_nerf.nn import ops, profiling
 from taichi_nerf.kernels.sh import sh_dim
 from taichi_nerf.kernels.specs import HashGridSpec
 
@@ -134,7 +134,8 @@ class NGPField(nn.Module):
         """pos (M,3) in [0,1], dirs (M,3) unit, image (M,) training-image index of each
         sample or None (mean appearance) -> sigma (M,), rgb (M,3)."""
         sigma, h = self.density(pos)
-        sh = ops.sh_encode(dirs, self.config.sh_degree)                 # [M, D^2]
+        with profiling.stage(profiling.SH):
+            sh = ops.sh_encode(dirs, self.config.sh_degree)             # [M, D^2]
         inputs = [h, sh]
         codes = self.appearance_codes(image, pos.shape[0])
         if codes is not None:

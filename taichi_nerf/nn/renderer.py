@@ -5,7 +5,7 @@ from typing import Dict, Optional
 
 import torch
 
-from taichi_nerf.nn import losses, ops
+from taichi_nerf.nn import losses, ops, profiling
 from taichi_nerf.nn.cameras import generate_rays, pixel_grid
 from taichi_nerf.nn.field import NGPField
 from taichi_nerf.kernels.specs import T_THRESHOLD
@@ -44,16 +44,17 @@ class Renderer:
         near_grad_distance > 0: gradients of samples nearer than that (model units) shrink
         as (t / distance)^2 (training). image (R,): training-image index of each ray, for
         the field's appearance codes (None: the mean code, as for any new view)."""
-        s = self.grid.sample(rays_o, rays_d, jitter)
-        n_rays = rays_o.shape[0]
-        if max_samples is not None and s.n_samples > max_samples:
-            ends = s.rays[:, 0].long() + s.rays[:, 1].long()
-            n_rays = max(1, int(torch.searchsorted(ends, max_samples, right=True)))
-            m = int(ends[n_rays - 1])
-            # samples are packed ray by ray, so the first rays' samples are a prefix
-            s = ops.PackedSamples(s.t[:m], s.dt[:m], s.positions[:m], s.dirs[:m],
-                                  s.ray_index[:m], s.rays[:n_rays])
-            bg = bg[:n_rays]
+        with profiling.stage(profiling.MARCH):
+            s = self.grid.sample(rays_o, rays_d, jitter)
+            n_rays = rays_o.shape[0]
+            if max_samples is not None and s.n_samples > max_samples:
+                ends = s.rays[:, 0].long() + s.rays[:, 1].long()
+                n_rays = max(1, int(torch.searchsorted(ends, max_samples, right=True)))
+                m = int(ends[n_rays - 1])
+                # samples are packed ray by ray, so the first rays' samples are a prefix
+                s = ops.PackedSamples(s.t[:m], s.dt[:m], s.positions[:m], s.dirs[:m],
+                                      s.ray_index[:m], s.rays[:n_rays])
+                bg = bg[:n_rays]
         # the per-sample gather only when the field has codes: training always passes image
         per_sample = (image[s.ray_index.long()]
                       if image is not None and self.field.config.appearance_dim else None)
@@ -75,7 +76,7 @@ class Renderer:
                      chunk: int = 1 << 14, max_samples: int = 1 << 19) -> Dict[str, torch.Tensor]:
         """One view: c2w (3|4,4) model space, intrinsics (4,), distortion (4,), bg (3,)
         -> rgb (H,W,3), depth (H,W) model units along the ray, opacity (H,W)."""
-        dev = self.grid.density.device
+        dev = self.grid.device
         pix = pixel_grid(width, height, device=dev)
         cam = torch.zeros(pix.shape[0], dtype=torch.int32, device=dev)
         o, d = generate_rays(pix, cam, intrinsics.reshape(1, 4).contiguous(),

@@ -62,7 +62,7 @@ def render_frames(a: argparse.Namespace, cfg: Dict[str, Any], renderer: Renderer
                           f"size (give --width and --height, or write a folder of PNGs)")
     model = to_model_space(path.poses, scene.scale, scene.offset)
     bg = cfg.get("background") or [0.0, 0.0, 0.0]
-    device = renderer.grid.density.device
+    device = renderer.grid.device
     bg_t = torch.tensor(bg, dtype=torch.float32, device=device)
     frames = []
     for i in tqdm(range(len(model)), desc="render", disable=a.quiet):

@@ -11,7 +11,7 @@ from typing import Any, Dict, NamedTuple, Optional
 import numpy as np
 import torch
 
-from taichi_nerf.nn import runtime
+from taichi_nerf.nn import profiling, runtime
 from taichi_nerf.atomic import atomic_write_json
 from taichi_nerf.nn.cameras import generate_rays
 from taichi_nerf.nn.checkpoint import (CheckpointError, arrays_to_state_dict, load_checkpoint,
@@ -206,23 +206,26 @@ class Trainer:
             self.field.set_level_weights(level_weights(p, cfg.n_levels, cfg.coarse_levels,
                                                        self.c2f_ramp))
         if self.grid.due(self.step):
-            self.grid.update(self.step, self.renderer.density, self.generator)
-        o, d, bg, target, jitter, depth, img = self._batch(self.n_rays)
+            with profiling.stage(profiling.OCCUPANCY):
+                self.grid.update(self.step, self.renderer.density, self.generator)
+        with profiling.stage(profiling.RAYS):
+            o, d, bg, target, jitter, depth, img = self._batch(self.n_rays)
         out = self.renderer.render_rays(o, d, bg, max_samples=2 * cfg.target_samples,
                                         jitter=jitter, near_grad_distance=cfg.near_grad_distance,
                                         image=img)
-        target = target[:out["n_rays"]]
-        loss = torch.nn.functional.mse_loss(out["rgb"], target)
-        mse_t = loss
-        if cfg.distortion > 0:
-            smp = out["samples"]
-            loss = loss + cfg.distortion * distortion_loss(out["sigma"], smp.t, smp.dt, smp.rays,
-                                                           smp.ray_index)
-        if len(depth):
-            smp = out["samples"]
-            loss = loss + cfg.sparse_depth * sparse_depth_loss(
-                out["sigma"], smp.t, smp.dt, smp.rays, smp.ray_index, depth[:out["n_rays"]],
-                cfg.sparse_depth_tolerance)
+        with profiling.stage(profiling.LOSS):
+            target = target[:out["n_rays"]]
+            loss = torch.nn.functional.mse_loss(out["rgb"], target)
+            mse_t = loss
+            if cfg.distortion > 0:
+                smp = out["samples"]
+                loss = loss + cfg.distortion * distortion_loss(out["sigma"], smp.t, smp.dt,
+                                                               smp.rays, smp.ray_index)
+            if len(depth):
+                smp = out["samples"]
+                loss = loss + cfg.sparse_depth * sparse_depth_loss(
+                    out["sigma"], smp.t, smp.dt, smp.rays, smp.ray_index, depth[:out["n_rays"]],
+                    cfg.sparse_depth_tolerance)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -389,7 +392,7 @@ def evaluate(renderer: Renderer, ds: Dataset, progress: bool = False,
     """Render every view of `ds` (poses mapped with ds's scene transform) -> psnr, ssim, views, seconds_per_view."""
     from tqdm import tqdm
 
-    device = renderer.grid.density.device
+    device = renderer.grid.device
     bg = ds.background if ds.background is not None else np.zeros(3, np.float32)
     bg_t = torch.from_numpy(np.asarray(bg, np.float32)).to(device)
     poses = torch.from_numpy(ds.transform_poses()).to(device)

@@ -100,7 +100,7 @@ class TorchPreview:
                bg: np.ndarray) -> Dict[str, np.ndarray]:
         """One view -> numpy rgb (H,W,3), depth, opacity (H,W)."""
         import torch
-        dev = self.renderer.grid.density.device
+        dev = self.renderer.grid.device
         out = self.renderer.render_image(
             torch.from_numpy(np.ascontiguousarray(c2w_model, np.float32)).to(dev),
             torch.from_numpy(np.asarray(intrinsics, np.float32)).to(dev),
