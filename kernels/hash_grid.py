@@ -7,11 +7,12 @@ caller stays in bounds). Output: (N, n_levels * n_features), level-major.
 """
 
 import functools
-from typing import List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import numpy as np
 import taichi as ti
 
+from . import runtime
 from .specs import HASH_PRIMES, HashGridSpec
 
 _P1_LO, _P1_HI = HASH_PRIMES[1] & 0xFFFF, HASH_PRIMES[1] >> 16
@@ -90,6 +91,8 @@ def level_corners_at(p, res: ti.i32, first_row: ti.i32, size: ti.i32, dense: ti.
     else:
         # p_hi (<= 23 - bits(res) significant bits, s1 = 2^that) times res is exact;
         # the rest r = p - p_hi < 1/s1 is exact too
+        # a division, not * (1 / s1): with s1 a run-time value, Vulkan's fast math then
+        # folds the product into p_hi * res_f below (8.8e-4 relative error on lavapipe)
         p_hi = ti.floor(pc * s1) / s1
         q_hi = p_hi * res_f
         cell_f = ti.floor(q_hi)
@@ -157,8 +160,80 @@ def make_level_funcs(spec: HashGridSpec):
     return level_corners, level_lookup
 
 
+class LevelClass(NamedTuple):
+    """Levels that share their branches in :func:`level_corners_at` (dense or hashed, the
+    number of splits, the table rows of a hashed level), with each one's varying values."""
+
+    dense: int
+    splits: int
+    size: int                      # rows of a hashed level (0 for dense: unused there)
+    levels: Tuple[int, ...]
+    resolutions: Tuple[int, ...]
+    first_rows: Tuple[int, ...]
+    s1: Tuple[float, ...]
+    s2: Tuple[float, ...]
+
+
+def level_classes(spec: HashGridSpec, per_class: bool = True) -> Tuple[LevelClass, ...]:
+    """The spec's levels grouped by branch structure (3-4 classes for 16 levels), or with
+    per_class=False one class per level.
+
+    The batch kernels unroll the classes and loop over each class's levels at run time: the
+    branches stay compile-time constants, but the kernel holds 3-4 level bodies instead of
+    16. Unrolled per level, the forward and the table gradient took 8-10 s each to compile
+    on the CPU and most of a warm start's Python-to-IR time; per class, about 1 s each."""
+    groups: Dict[Tuple[int, ...], List[int]] = {}
+    params = level_params(spec)
+    for l, (_res, _row, size, dense, splits, _s1, _s2) in enumerate(params):
+        key = (dense, splits, 0 if dense else size) if per_class else (dense, splits, size, l)
+        groups.setdefault(key, []).append(l)
+    return tuple(LevelClass(key[0], key[1], key[2], tuple(ls),
+                            *(tuple(params[l][k] for l in ls) for k in (0, 1, 5, 6)))
+                 for key, ls in groups.items())
+
+
+def loops_per_class(arch: str) -> bool:
+    """Whether the batch kernels on `arch` loop over each level class at run time (cpu) or
+    unroll every level (cuda, vulkan, metal). On lavapipe the run-time loop moved the split
+    arithmetic's results by up to 5e-4 (levels above 2^11 cells; cause not found), and CUDA
+    could not be checked here: the GPUs keep the unrolled kernels they were tested with."""
+    return arch == "cpu"
+
+
+def make_class_corners(spec: HashGridSpec, per_class: bool = True):
+    """(classes, @ti.func ``class_corners(p, c, j)`` -> (level, rows: 8 ints, weights: 8
+    floats)) of the j-th level (a run-time index) of level class c (static); a class of one
+    level passes its values as constants, as an unrolled kernel does."""
+    classes = level_classes(spec, per_class)
+
+    @ti.func
+    def class_corners(p, c: ti.template(), j):
+        k = ti.static(classes[c])
+        level = 0
+        rows = ti.Vector.zero(ti.i32, 8)
+        weights = ti.Vector.zero(ti.f32, 8)
+        if ti.static(len(k.levels) == 1):
+            level = k.levels[0]
+            rows, weights = level_corners_at(p, k.resolutions[0], k.first_rows[0], k.size,
+                                             k.dense, k.splits, k.s1[0], k.s2[0])
+        else:
+            res = ti.Vector(k.resolutions, dt=ti.i32)
+            first = ti.Vector(k.first_rows, dt=ti.i32)
+            s1 = ti.Vector(k.s1, dt=ti.f32)
+            s2 = ti.Vector(k.s2, dt=ti.f32)
+            level = ti.Vector(k.levels, dt=ti.i32)[j]
+            rows, weights = level_corners_at(p, res[j], first[j], ti.static(k.size),
+                                             ti.static(k.dense), ti.static(k.splits), s1[j],
+                                             s2[j])
+        return level, rows, weights
+
+    return classes, class_corners
+
+
 class HashGridKernels:
     """Compiled hash-grid kernels for one spec (get them with :func:`hash_grid_kernels`).
+    With per_class (the cpu's form) the batch kernels loop over each level class at run
+    time; without it they unroll every level (see :func:`level_classes`).
 
     - ``forward(pos (N,3), table (P,F), out (N,L*F))``: plain forward, any arch.
     - ``forward_ad_pos``: same body with ``needs_grad`` annotations, for ``kernel.grad``
@@ -173,13 +248,18 @@ class HashGridKernels:
       the forward.
     """
 
-    def __init__(self, spec: HashGridSpec):
+    def __init__(self, spec: HashGridSpec, per_class: bool = True):
         self.spec = spec
         L, F = spec.n_levels, spec.n_features
         self.corners, self.lookup = corners, lookup = make_level_funcs(spec)
+        classes, class_corners = make_class_corners(spec, per_class)
+        self.classes = classes
+        C = len(classes)
 
         @ti.func
         def encode_point(pos: ti.template(), table: ti.template(), out: ti.template(), i):
+            # every level unrolled: only for Taichi's autodiff (forward_ad_pos), which
+            # wants static loops; compiled only when a position gradient is asked for
             p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
             for l in ti.static(range(L)):
                 feat = lookup(table, p, l)
@@ -191,7 +271,16 @@ class HashGridKernels:
                     table: ti.types.ndarray(dtype=ti.f32, ndim=2),
                     out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
             for i in range(pos.shape[0]):
-                encode_point(pos, table, out, i)
+                p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
+                for c in ti.static(range(C)):
+                    for j in range(ti.static(len(classes[c].levels))):
+                        l, rows, weights = class_corners(p, c, j)
+                        feat = ti.Vector.zero(ti.f32, F)
+                        for k in ti.static(range(8)):
+                            for f in ti.static(range(F)):
+                                feat[f] += weights[k] * table[rows[k], f]
+                        for f in ti.static(range(F)):
+                            out[i, l * F + f] = feat[f]
 
         @ti.kernel
         def forward_ad_pos(pos: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True),
@@ -206,17 +295,20 @@ class HashGridKernels:
                                 grad_table: ti.types.ndarray(dtype=ti.f32, ndim=2)):
             ti.loop_config(block_dim=1)
             for task in range(L):
-                for l in ti.static(range(L)):
-                    if task == l:
-                        for i in range(pos.shape[0]):
-                            rows, weights = corners(
-                                ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]]), l)
-                            for c in ti.static(range(8)):
-                                for f in ti.static(range(F)):
-                                    # plain load/store on purpose: `+=` on a global
-                                    # would compile to an atomic add
-                                    grad_table[rows[c], f] = (grad_table[rows[c], f]
-                                                              + weights[c] * grad_out[i, l * F + f])
+                for c in ti.static(range(C)):
+                    levels = ti.Vector(classes[c].levels, dt=ti.i32)
+                    for j in range(ti.static(len(classes[c].levels))):
+                        if levels[j] == task:
+                            for i in range(pos.shape[0]):
+                                l, rows, weights = class_corners(
+                                    ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]]), c, j)
+                                for k in ti.static(range(8)):
+                                    for f in ti.static(range(F)):
+                                        # plain load/store on purpose: `+=` on a global
+                                        # would compile to an atomic add
+                                        grad_table[rows[k], f] = (
+                                            grad_table[rows[k], f]
+                                            + weights[k] * grad_out[i, l * F + f])
 
         @ti.kernel
         def table_grad_atomic(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -224,12 +316,13 @@ class HashGridKernels:
                               grad_table: ti.types.ndarray(dtype=ti.f32, ndim=2)):
             for i in range(pos.shape[0]):
                 p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
-                for l in ti.static(range(L)):
-                    rows, weights = corners(p, l)
-                    for c in ti.static(range(8)):
-                        for f in ti.static(range(F)):
-                            ti.atomic_add(grad_table[rows[c], f],
-                                          weights[c] * grad_out[i, l * F + f])
+                for c in ti.static(range(C)):
+                    for j in range(ti.static(len(classes[c].levels))):
+                        l, rows, weights = class_corners(p, c, j)
+                        for k in ti.static(range(8)):
+                            for f in ti.static(range(F)):
+                                ti.atomic_add(grad_table[rows[k], f],
+                                              weights[k] * grad_out[i, l * F + f])
 
         self.encode_point = encode_point
         self.forward = forward
@@ -239,9 +332,15 @@ class HashGridKernels:
 
 
 @functools.lru_cache(maxsize=None)
+def _kernels(spec: HashGridSpec, per_class: bool) -> HashGridKernels:
+    return HashGridKernels(spec, per_class)
+
+
 def hash_grid_kernels(spec: HashGridSpec) -> HashGridKernels:
-    """The compiled kernels for `spec` (made once per spec; Taichi recompiles per arch)."""
-    return HashGridKernels(spec)
+    """The kernels for `spec` on the running arch (made once per spec and loop form; Taichi
+    compiles them per arch on first use): level classes on cpu, every level unrolled elsewhere."""
+    rt = runtime.current()
+    return _kernels(spec, loops_per_class(rt.arch if rt is not None else "cpu"))
 
 
 def table_with_level_weights(table, spec: HashGridSpec, weights):

@@ -84,10 +84,35 @@ def test_bench_profile_cli(scene_dir, capsys):
 
 
 @pytest.mark.parametrize("flags, needles", [
-    (["--profile", "--kernels"], ["--profile runs alone"]),
+    (["--profile", "--kernels"], ["--profile each run alone"]),
+    (["--profile", "--cold-start"], ["--profile and --cold-start each run alone"]),
     (["--profile", "--steps", "0"], ["--steps must be > 0"]),
 ])
 def test_bench_profile_bad_flags_are_one_line(capsys, flags, needles):
     rc, out, err = cli(capsys, "bench", *flags, "--arch", "cpu")
     assert_one_line_error(rc, err, "bench", *needles)
     assert out == ""
+
+
+def test_cold_start_benchmark_fills_an_empty_cache_then_uses_it(scene_dir, tmp_path):
+    from taichi_nerf.bench.cold_start import format_cold_start_markdown, run_cold_start_benchmark
+
+    cache = tmp_path / "ticache"
+    r = run_cold_start_benchmark(str(scene_dir), arch="cpu", cache=cache, progress=False)
+    cold, warm = r["runs"]
+    # run 1 compiled and left its kernels; run 2 found them all (nothing new written)
+    assert cold["kernel_files_after"] >= 5
+    assert warm["kernel_files_after"] == cold["kernel_files_after"]
+    for run in (cold, warm):
+        assert run["first_step_s"] > 0 and run["process_s"] > run["first_step_s"]
+    md = format_cold_start_markdown(r)
+    assert "| empty cache |" in md and "| the cache run 1 left |" in md
+
+
+def test_cold_start_refuses_a_cache_with_kernels(tmp_path):
+    from taichi_nerf.bench.cold_start import run_cold_start_benchmark
+    from taichi_nerf.bench.errors import BenchError
+
+    (tmp_path / "old.tic").write_bytes(b"x")
+    with pytest.raises(BenchError, match="already holds compiled kernels"):
+        run_cold_start_benchmark(None, cache=tmp_path, progress=False)

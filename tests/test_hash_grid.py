@@ -169,3 +169,37 @@ def test_forward_precision_at_non_power_of_two_resolutions(arch, name):
     out = ops.hash_encode(pos, table, spec)
     ref = reference.hash_encode(pos.double(), table.double(), spec)
     assert rel_err(out, ref) < 1e-6
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_level_classes_loop_equals_every_level_unrolled(cpu_runtime, gen, name):
+    """The cpu kernels loop over each level class at run time; the GPUs' unroll every level:
+    the same lookup rule, so the same float32 results (to an ulp of the sums)."""
+    from taichi_nerf.kernels.hash_grid import HashGridKernels, level_classes
+    spec = SPECS[name]
+    classes = level_classes(spec)
+    assert sorted(l for c in classes for l in c.levels) == list(range(spec.n_levels))
+    assert len(level_classes(spec, per_class=False)) == spec.n_levels
+    pos, table = _inputs(spec, gen)
+    g = torch.randn(pos.shape[0], spec.out_dim, generator=gen)
+    outs, grads = [], []
+    for per_class in (True, False):
+        k = HashGridKernels(spec, per_class)
+        out = torch.empty(pos.shape[0], spec.out_dim)
+        k.forward(pos, table, out)
+        grad = torch.zeros_like(table)
+        k.table_grad_by_level(pos, g, grad)
+        atomic = torch.zeros_like(table)
+        k.table_grad_atomic(pos, g, atomic)
+        assert rel_err(atomic, grad) < 1e-6
+        outs.append(out)
+        grads.append(grad)
+    assert rel_err(outs[0], outs[1]) < 1e-6
+    assert rel_err(grads[0], grads[1]) < 1e-6
+
+
+def test_kernels_loop_form_per_arch(arch):
+    """Level classes on cpu, every level unrolled on the GPUs (see loops_per_class)."""
+    from taichi_nerf.kernels.hash_grid import hash_grid_kernels
+    classes = hash_grid_kernels(SPECS["mixed"]).classes
+    assert (len(classes) < SPECS["mixed"].n_levels) == (arch == "cpu")

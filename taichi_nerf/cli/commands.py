@@ -225,18 +225,35 @@ def _bench_profile(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_cold_start(a: argparse.Namespace, arch: str) -> int:
+    """`bench --cold-start [DATA]`: first-step times on an empty and on a warm offline cache."""
+    from taichi_nerf.bench.cold_start import format_cold_start_markdown, run_cold_start_benchmark
+    _positive("downscale", a.downscale)
+    data = None if a.cold_start == BUILTIN else str(_resolve_data(a.cold_start, False))
+    res = run_cold_start_benchmark(data=data, arch=arch, downscale=a.downscale,
+                                   holdout=a.holdout)
+    print(format_cold_start_markdown(res))
+    if a.json:
+        from taichi_nerf.atomic import atomic_write_json
+        atomic_write_json(a.json, {"cold_start": res}, default=str)
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from taichi_nerf.bench.kernels import format_markdown, run_kernel_benchmark
 
     if a.quick and a.training:
         raise CLIError("--quick is the kernel benchmark at small sizes and has no training part; "
                        "for a short training benchmark give --training --time SECONDS")
-    if a.profile is not None and (a.viewer is not None or a.kernels or a.training or a.quick):
-        raise CLIError("--profile runs alone; give it without --viewer, --kernels, --training "
-                       "or --quick")
+    alone = [f for f, v in (("--profile", a.profile), ("--cold-start", a.cold_start)) if v]
+    if alone and (len(alone) > 1 or a.viewer is not None or a.kernels or a.training or a.quick):
+        raise CLIError(f"{' and '.join(alone)} each run alone: give one of them, without "
+                       f"--viewer, --kernels, --training or --quick")
     rt = _init(a.arch)
     if a.profile is not None:
         return _bench_profile(a)
+    if a.cold_start is not None:
+        return _bench_cold_start(a, rt.arch)
     results = {}
     if a.viewer is not None:
         from taichi_nerf.bench.viewer import format_viewer_markdown, run_viewer_benchmark
@@ -281,6 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from taichi_nerf.options import OptionError
     from taichi_nerf.training.trainer import TrainingDiverged
     from taichi_nerf.viewer.app import ViewerError
+    from taichi_nerf.bench.errors import BenchError
 
     handlers = {"train": cmd_train, "eval": cmd_eval, "render": cmd_render, "view": cmd_view,
                 "bench": cmd_bench, "export": cmd_export, "process": cmd_process}
@@ -288,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return handlers[args.command](args)
     # the library's own errors carry one-line messages meant for the user
     except (CLIError, DataError, CheckpointError, ArchUnavailableError, ViewerError, ExportError,
-            RenderError, ProcessError) as e:
+            RenderError, ProcessError, BenchError) as e:
         print(f"taichi-nerf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OptionError as e:  # a library option: named as the flag that set it

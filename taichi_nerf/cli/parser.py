@@ -298,6 +298,11 @@ def _parser() -> argparse.ArgumentParser:
                         "encoding, MLP, compositing, loss, optimizer, occupancy, overhead) with "
                         "each stage's rate against this machine's ceilings; nothing else runs "
                         "(cpu only)")
+    b.add_argument("--cold-start", nargs="?", const=BUILTIN, default=None, metavar="DATA",
+                   help="first training step on DATA (default: the built-in scene) in a fresh "
+                        "process on an empty Taichi offline cache, then again on the cache that "
+                        "run left (a temporary folder: your own cache is not touched); nothing "
+                        "else runs")
     b.add_argument("--steps", type=int, default=32,
                    help="--profile: steps profiled after the training (default 32)")
     b.add_argument("--time", type=float, default=60.0,
