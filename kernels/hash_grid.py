@@ -60,17 +60,22 @@ def split_scales(res: int) -> Tuple[int, float, float]:
     return (2, s1, float(2 ** (2 * k))) if s1 < res else (1, s1, 1.0)
 
 
-def level_params(spec: HashGridSpec) -> List[Tuple[int, int, int, int, int, float, float]]:
-    """Per level: (resolution, first table row, rows, dense 0/1, splits, s1, s2), the
-    arguments of :func:`level_corners_at` / :func:`level_lookup_at` after the point."""
-    return [(int(r), int(o), int(n), int(d)) + split_scales(int(r))
-            for r, o, n, d in zip(spec.resolutions, spec.level_offsets, spec.level_sizes,
-                                  spec.dense)]
+def level_params(spec: HashGridSpec) -> List[Tuple[int, int, int, int, int, float, float,
+                                                   float, float]]:
+    """Per level: (resolution, first table row, rows, dense 0/1, splits, s1, s2, 1/s1, 1/s2),
+    the arguments of :func:`level_corners_at` / :func:`level_lookup_at` after the point.
+    The inverses are exact (powers of two): a kernel multiplies by them instead of dividing
+    by a scale that is a run-time value in the cpu's level-class loop."""
+    out = []
+    for r, o, n, d in zip(spec.resolutions, spec.level_offsets, spec.level_sizes, spec.dense):
+        splits, s1, s2 = split_scales(int(r))
+        out.append((int(r), int(o), int(n), int(d), splits, s1, s2, 1.0 / s1, 1.0 / s2))
+    return out
 
 
 @ti.func
 def level_corners_at(p, res: ti.i32, first_row: ti.i32, size: ti.i32, dense: ti.i32,
-                     splits: ti.i32, s1: ti.f32, s2: ti.f32):
+                     splits: ti.i32, s1: ti.f32, s2: ti.f32, inv_s1: ti.f32, inv_s2: ti.f32):
     """Table rows (8 ints) and trilinear weights (8 floats) of one level at p in [0,1]^3.
 
     The level comes as values (see :func:`level_params`): compile-time constants in the
@@ -91,9 +96,7 @@ def level_corners_at(p, res: ti.i32, first_row: ti.i32, size: ti.i32, dense: ti.
     else:
         # p_hi (<= 23 - bits(res) significant bits, s1 = 2^that) times res is exact;
         # the rest r = p - p_hi < 1/s1 is exact too
-        # a division, not * (1 / s1): with s1 a run-time value, Vulkan's fast math then
-        # folds the product into p_hi * res_f below (8.8e-4 relative error on lavapipe)
-        p_hi = ti.floor(pc * s1) / s1
+        p_hi = ti.floor(pc * s1) * inv_s1   # exact: 1/s1 is a power of two
         q_hi = p_hi * res_f
         cell_f = ti.floor(q_hi)
         frac = q_hi - cell_f
@@ -102,7 +105,7 @@ def level_corners_at(p, res: ti.i32, first_row: ti.i32, size: ti.i32, dense: ti.
             # r * res may exceed one cell (fine levels, res > 2^11): split r once more
             # so that r_hi * res is exact and the sum with frac stays exact (quanta
             # of 1/s2, below 2^10): then only the last remainder rounds
-            r_hi = ti.floor(r * s2) / s2
+            r_hi = ti.floor(r * s2) * inv_s2
             g = frac + r_hi * res_f
             whole = ti.floor(g)
             cell_f += whole
@@ -131,10 +134,11 @@ def level_corners_at(p, res: ti.i32, first_row: ti.i32, size: ti.i32, dense: ti.
 @ti.func
 def level_lookup_at(table: ti.template(), p, n_features: ti.template(), res: ti.i32,
                     first_row: ti.i32, size: ti.i32, dense: ti.i32, splits: ti.i32,
-                    s1: ti.f32, s2: ti.f32):
+                    s1: ti.f32, s2: ti.f32, inv_s1: ti.f32, inv_s2: ti.f32):
     """The level's trilinearly interpolated n_features vector at p in [0,1]^3 (level as values,
     see :func:`level_corners_at`); table is a (n_params, n_features) field or ndarray."""
-    rows, weights = level_corners_at(p, res, first_row, size, dense, splits, s1, s2)
+    rows, weights = level_corners_at(p, res, first_row, size, dense, splits, s1, s2, inv_s1,
+                                     inv_s2)
     feat = ti.Vector.zero(ti.f32, n_features)
     for c in ti.static(range(8)):
         for f in ti.static(range(n_features)):
@@ -172,6 +176,8 @@ class LevelClass(NamedTuple):
     first_rows: Tuple[int, ...]
     s1: Tuple[float, ...]
     s2: Tuple[float, ...]
+    inv_s1: Tuple[float, ...]
+    inv_s2: Tuple[float, ...]
 
 
 def level_classes(spec: HashGridSpec, per_class: bool = True) -> Tuple[LevelClass, ...]:
@@ -184,11 +190,11 @@ def level_classes(spec: HashGridSpec, per_class: bool = True) -> Tuple[LevelClas
     on the CPU and most of a warm start's Python-to-IR time; per class, about 1 s each."""
     groups: Dict[Tuple[int, ...], List[int]] = {}
     params = level_params(spec)
-    for l, (_res, _row, size, dense, splits, _s1, _s2) in enumerate(params):
+    for l, (_res, _row, size, dense, splits, *_scales) in enumerate(params):
         key = (dense, splits, 0 if dense else size) if per_class else (dense, splits, size, l)
         groups.setdefault(key, []).append(l)
     return tuple(LevelClass(key[0], key[1], key[2], tuple(ls),
-                            *(tuple(params[l][k] for l in ls) for k in (0, 1, 5, 6)))
+                            *(tuple(params[l][k] for l in ls) for k in (0, 1, 5, 6, 7, 8)))
                  for key, ls in groups.items())
 
 
@@ -202,9 +208,23 @@ def loops_per_class(arch: str) -> bool:
 
 def make_class_corners(spec: HashGridSpec, per_class: bool = True):
     """(classes, @ti.func ``class_corners(p, c, j)`` -> (level, rows: 8 ints, weights: 8
-    floats)) of the j-th level (a run-time index) of level class c (static); a class of one
-    level passes its values as constants, as an unrolled kernel does."""
+    floats)) of the j-th level (a run-time index) of level class c (static). A class of one
+    level passes its values as constants, as an unrolled kernel does; the levels of a larger
+    class are read from small fields made here (so under the running Taichi program): local
+    vectors indexed at run time were rebuilt on the stack at every lookup, 15-30% slower."""
     classes = level_classes(spec, per_class)
+    members = ints = floats = None  # only classes of several levels read them
+    if any(len(k.levels) > 1 for k in classes):
+        params = level_params(spec)
+        members = ti.field(ti.i32, shape=(len(classes), max(len(k.levels) for k in classes)))
+        ints = ti.field(ti.i32, shape=(spec.n_levels, 2))     # resolution, first row
+        floats = ti.field(ti.f32, shape=(spec.n_levels, 4))   # s1, s2, 1/s1, 1/s2
+        m = np.zeros(members.shape, np.int32)
+        for c, k in enumerate(classes):
+            m[c, :len(k.levels)] = k.levels
+        members.from_numpy(m)
+        ints.from_numpy(np.array([lp[:2] for lp in params], np.int32))
+        floats.from_numpy(np.array([lp[5:] for lp in params], np.float32))
 
     @ti.func
     def class_corners(p, c: ti.template(), j):
@@ -215,16 +235,15 @@ def make_class_corners(spec: HashGridSpec, per_class: bool = True):
         if ti.static(len(k.levels) == 1):
             level = k.levels[0]
             rows, weights = level_corners_at(p, k.resolutions[0], k.first_rows[0], k.size,
-                                             k.dense, k.splits, k.s1[0], k.s2[0])
+                                             k.dense, k.splits, k.s1[0], k.s2[0], k.inv_s1[0],
+                                             k.inv_s2[0])
         else:
-            res = ti.Vector(k.resolutions, dt=ti.i32)
-            first = ti.Vector(k.first_rows, dt=ti.i32)
-            s1 = ti.Vector(k.s1, dt=ti.f32)
-            s2 = ti.Vector(k.s2, dt=ti.f32)
-            level = ti.Vector(k.levels, dt=ti.i32)[j]
-            rows, weights = level_corners_at(p, res[j], first[j], ti.static(k.size),
-                                             ti.static(k.dense), ti.static(k.splits), s1[j],
-                                             s2[j])
+            level = members[c, j]
+            rows, weights = level_corners_at(p, ints[level, 0], ints[level, 1],
+                                             ti.static(k.size), ti.static(k.dense),
+                                             ti.static(k.splits), floats[level, 0],
+                                             floats[level, 1], floats[level, 2],
+                                             floats[level, 3])
         return level, rows, weights
 
     return classes, class_corners
@@ -332,15 +351,17 @@ class HashGridKernels:
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(spec: HashGridSpec, per_class: bool) -> HashGridKernels:
+def _kernels(spec: HashGridSpec, per_class: bool, generation: int) -> HashGridKernels:
     return HashGridKernels(spec, per_class)
 
 
 def hash_grid_kernels(spec: HashGridSpec) -> HashGridKernels:
-    """The kernels for `spec` on the running arch (made once per spec and loop form; Taichi
-    compiles them per arch on first use): level classes on cpu, every level unrolled elsewhere."""
+    """The kernels for `spec` on the running arch, made once per spec and Taichi program (the
+    cpu's level-class kernels hold fields): level classes on cpu, every level unrolled else."""
     rt = runtime.current()
-    return _kernels(spec, loops_per_class(rt.arch if rt is not None else "cpu"))
+    if rt is None:
+        return _kernels(spec, True, 0)
+    return _kernels(spec, loops_per_class(rt.arch), rt.generation)
 
 
 def table_with_level_weights(table, spec: HashGridSpec, weights):

@@ -113,7 +113,7 @@ class NerfScene:
         params = level_params(spec)
         self._levels = ti.field(ti.i32, shape=(spec.n_levels, 5))
         self._levels.from_numpy(np.array([lp[:5] for lp in params], np.int32))
-        self._level_scales = ti.field(ti.f32, shape=(spec.n_levels, 2))
+        self._level_scales = ti.field(ti.f32, shape=(spec.n_levels, 4))
         self._level_scales.from_numpy(np.array([lp[5:] for lp in params], np.float32))
         self._sh = make_sh_func(self.sh_degree)
 
@@ -236,7 +236,8 @@ class NerfScene:
         for l in range(self.grid_spec.n_levels):
             feat = level_lookup_at(self.table, u, F, self._levels[l, 0], self._levels[l, 1],
                                    self._levels[l, 2], self._levels[l, 3], self._levels[l, 4],
-                                   self._level_scales[l, 0], self._level_scales[l, 1])
+                                   self._level_scales[l, 0], self._level_scales[l, 1],
+                                   self._level_scales[l, 2], self._level_scales[l, 3])
             for f in ti.static(range(F)):
                 x[l * F + f] = feat[f]
         return x
