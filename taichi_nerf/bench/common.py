@@ -124,7 +124,10 @@ def machine_info(arch: Optional[str] = None) -> Dict[str, Any]:
         "arch": arch,
     }
     from taichi_nerf.nn import runtime
-    gpu = runtime.gpu_name()
+    try:
+        gpu = runtime.gpu_name()
+    except RuntimeError:  # nothing started here (a benchmark of child processes)
+        gpu = None
     if gpu is not None:
         info["gpu"] = gpu
     return info
