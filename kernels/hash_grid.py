@@ -207,8 +207,10 @@ def loops_per_class(arch: str) -> bool:
 
 
 def make_class_corners(spec: HashGridSpec, per_class: bool = True):
-    """(classes, @ti.func ``class_corners(p, c, j)`` -> (level, rows: 8 ints, weights: 8
-    floats)) of the j-th level (a run-time index) of level class c (static). A class of one
+    """(classes, @ti.func ``class_level(c, j)`` -> (level, resolution, first row, s1, s2,
+    1/s1, 1/s2) of the j-th level (a run-time index) of level class c (static), @ti.func
+    ``corners_in(p, c, *those values but the level)`` -> (rows: 8 ints, weights: 8 floats)).
+    Two steps, so that a loop over points reads a level's values once. A class of one
     level passes its values as constants, as an unrolled kernel does; the levels of a larger
     class are read from small fields made here (so under the running Taichi program): local
     vectors indexed at run time were rebuilt on the stack at every lookup, 15-30% slower."""
@@ -227,26 +229,29 @@ def make_class_corners(spec: HashGridSpec, per_class: bool = True):
         floats.from_numpy(np.array([lp[5:] for lp in params], np.float32))
 
     @ti.func
-    def class_corners(p, c: ti.template(), j):
+    def class_level(c: ti.template(), j):
+        """(level, resolution, first row, s1, s2, 1/s1, 1/s2) of class c's j-th level."""
         k = ti.static(classes[c])
-        level = 0
-        rows = ti.Vector.zero(ti.i32, 8)
-        weights = ti.Vector.zero(ti.f32, 8)
+        level, res, first = 0, 0, 0
+        s1, s2, inv1, inv2 = 1.0, 1.0, 1.0, 1.0
         if ti.static(len(k.levels) == 1):
-            level = k.levels[0]
-            rows, weights = level_corners_at(p, k.resolutions[0], k.first_rows[0], k.size,
-                                             k.dense, k.splits, k.s1[0], k.s2[0], k.inv_s1[0],
-                                             k.inv_s2[0])
+            level, res, first = k.levels[0], k.resolutions[0], k.first_rows[0]
+            s1, s2, inv1, inv2 = k.s1[0], k.s2[0], k.inv_s1[0], k.inv_s2[0]
         else:
             level = members[c, j]
-            rows, weights = level_corners_at(p, ints[level, 0], ints[level, 1],
-                                             ti.static(k.size), ti.static(k.dense),
-                                             ti.static(k.splits), floats[level, 0],
-                                             floats[level, 1], floats[level, 2],
-                                             floats[level, 3])
-        return level, rows, weights
+            res, first = ints[level, 0], ints[level, 1]
+            s1, s2 = floats[level, 0], floats[level, 1]
+            inv1, inv2 = floats[level, 2], floats[level, 3]
+        return level, res, first, s1, s2, inv1, inv2
 
-    return classes, class_corners
+    @ti.func
+    def corners_in(p, c: ti.template(), res, first, s1, s2, inv1, inv2):
+        """level_corners_at for a level of class c, its values from class_level."""
+        k = ti.static(classes[c])
+        return level_corners_at(p, res, first, ti.static(k.size), ti.static(k.dense),
+                                ti.static(k.splits), s1, s2, inv1, inv2)
+
+    return classes, class_level, corners_in
 
 
 class HashGridKernels:
@@ -271,7 +276,7 @@ class HashGridKernels:
         self.spec = spec
         L, F = spec.n_levels, spec.n_features
         self.corners, self.lookup = corners, lookup = make_level_funcs(spec)
-        classes, class_corners = make_class_corners(spec, per_class)
+        classes, class_level, corners_in = make_class_corners(spec, per_class)
         self.classes = classes
         C = len(classes)
 
@@ -293,7 +298,8 @@ class HashGridKernels:
                 p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
                 for c in ti.static(range(C)):
                     for j in range(ti.static(len(classes[c].levels))):
-                        l, rows, weights = class_corners(p, c, j)
+                        l, res, first, s1, s2, inv1, inv2 = class_level(c, j)
+                        rows, weights = corners_in(p, c, res, first, s1, s2, inv1, inv2)
                         feat = ti.Vector.zero(ti.f32, F)
                         for k in ti.static(range(8)):
                             for f in ti.static(range(F)):
@@ -315,12 +321,13 @@ class HashGridKernels:
             ti.loop_config(block_dim=1)
             for task in range(L):
                 for c in ti.static(range(C)):
-                    levels = ti.Vector(classes[c].levels, dt=ti.i32)
                     for j in range(ti.static(len(classes[c].levels))):
-                        if levels[j] == task:
+                        l, res, first, s1, s2, inv1, inv2 = class_level(c, j)
+                        if l == task:
                             for i in range(pos.shape[0]):
-                                l, rows, weights = class_corners(
-                                    ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]]), c, j)
+                                rows, weights = corners_in(
+                                    ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]]), c, res,
+                                    first, s1, s2, inv1, inv2)
                                 for k in ti.static(range(8)):
                                     for f in ti.static(range(F)):
                                         # plain load/store on purpose: `+=` on a global
@@ -337,7 +344,8 @@ class HashGridKernels:
                 p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
                 for c in ti.static(range(C)):
                     for j in range(ti.static(len(classes[c].levels))):
-                        l, rows, weights = class_corners(p, c, j)
+                        l, res, first, s1, s2, inv1, inv2 = class_level(c, j)
+                        rows, weights = corners_in(p, c, res, first, s1, s2, inv1, inv2)
                         for k in ti.static(range(8)):
                             for f in ti.static(range(F)):
                                 ti.atomic_add(grad_table[rows[k], f],
