@@ -1,5 +1,6 @@
 """`taichi-nerf bench --profile`: a training step split by stage, with work, rates and ceilings."""
 import dataclasses
+import json
 
 import pytest
 
@@ -76,11 +77,13 @@ def test_mlp_flop_count_matches_the_layers():
     assert profile.mlp_flop_per_sample(net) == 2 * (32 * 64 + 64 * 16)
 
 
-def test_bench_profile_cli(scene_dir, capsys):
+def test_bench_profile_cli(scene_dir, capsys, tmp_path):
     rc, out, err = cli(capsys, "bench", "--profile", scene_dir, "--time", "0.5", "--steps", "2",
-                       "--arch", "cpu")
+                       "--arch", "cpu", "--json", tmp_path / "p.json")
     assert rc == 0, err
     assert "| hash encode bwd |" in out and "| Python and launch overhead |" in out
+    saved = json.loads((tmp_path / "p.json").read_text())["profile"]
+    assert saved["steps"] == 2 and [s["stage"] for s in saved["stages"]] == STAGE_NAMES
 
 
 @pytest.mark.parametrize("flags, needles", [

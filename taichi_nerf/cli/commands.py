@@ -218,11 +218,7 @@ def _bench_profile(a: argparse.Namespace) -> int:
     data = None if a.profile == BUILTIN else str(_resolve_data(a.profile, False))
     res = run_step_profile(data=data, warmup_s=a.time, steps=a.steps, downscale=a.downscale,
                            holdout=a.holdout)
-    print(format_profile_markdown(res))
-    if a.json:
-        from taichi_nerf.atomic import atomic_write_json
-        atomic_write_json(a.json, {"profile": res}, default=str)
-    return 0
+    return _bench_report(a, "profile", res, format_profile_markdown(res))
 
 
 def _bench_cold_start(a: argparse.Namespace, arch: str) -> int:
@@ -232,10 +228,15 @@ def _bench_cold_start(a: argparse.Namespace, arch: str) -> int:
     data = None if a.cold_start == BUILTIN else str(_resolve_data(a.cold_start, False))
     res = run_cold_start_benchmark(data=data, arch=arch, downscale=a.downscale,
                                    holdout=a.holdout)
-    print(format_cold_start_markdown(res))
+    return _bench_report(a, "cold_start", res, format_cold_start_markdown(res))
+
+
+def _bench_report(a: argparse.Namespace, key: str, result: Dict[str, Any], markdown: str) -> int:
+    """Print a benchmark's Markdown, write {key: result} to --json (atomically) -> exit 0."""
+    print(markdown)
     if a.json:
         from taichi_nerf.atomic import atomic_write_json
-        atomic_write_json(a.json, {"cold_start": res}, default=str)
+        atomic_write_json(a.json, {key: result}, default=str)
     return 0
 
 
