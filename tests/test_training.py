@@ -157,3 +157,30 @@ def test_adam_is_instant_ngps_adam(gen):
         runs.append([p.detach() for p in ps])
     for a, b in zip(*runs):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_validations_do_not_use_up_the_time_budget(scene_dir, cpu_runtime, tmp_path,
+                                                    monkeypatch):
+    """--eval-every's validations are outside the --time budget, and the history says when
+    (training seconds) each was taken."""
+    import time as _time
+    from taichi_nerf.training import trainer as trainer_mod
+
+    def slow_evaluate(renderer, ds, progress=False):  # a validation that takes 0.4 s
+        _time.sleep(0.4)
+        return {"psnr": 20.0, "ssim": 0.5, "views": len(ds), "seconds_per_view": 0.0}
+
+    monkeypatch.setattr(trainer_mod, "evaluate", slow_evaluate)
+    train = load_dataset(scene_dir, "train")
+    val = load_dataset(scene_dir, "test", scene=train.scene)
+    tr = Trainer(train, small_config(steps=None, time=3.0, eval_every=2))
+    t0 = _time.perf_counter()
+    m = run_training(tr, tmp_path, val=val, progress=False)
+    wall = _time.perf_counter() - t0
+    evals = len(m["history"])
+    assert evals >= 3
+    seconds = [h["seconds"] for h in m["history"]]
+    assert seconds == sorted(seconds) and seconds[-1] <= m["train_seconds"]
+    # the budget counted training only: the run lasted its 3 s plus every validation
+    assert m["train_seconds"] == pytest.approx(3.0, abs=1.0)
+    assert wall >= m["train_seconds"] + 0.4 * evals

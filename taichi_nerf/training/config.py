@@ -145,7 +145,8 @@ class TrainConfig:
     appearance: int = _opt(0, "per-image appearance codes of this many floats (NeRF-W, "
                               "nerfacto), for photos whose exposure or white balance differ; "
                               "new views render with the mean code", lo=0, hi=MAX_APPEARANCE)
-    eval_every: int = _opt(0, "validate every N steps (0: only at the end)", lo=0)
+    eval_every: int = _opt(0, "validate every N steps (0: only at the end); the time these "
+                              "validations take does not count against --time", lo=0)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -461,9 +461,13 @@ def run_training(trainer: Trainer, out_dir: Path, val: Optional[Dataset] = None,
             if on_step is not None:
                 on_step(trainer, last)
             if val is not None and cfg.eval_every and trainer.step % cfg.eval_every == 0:
+                t_eval = time.perf_counter()
                 m = evaluate(trainer.renderer, val)
-                history.append({"step": trainer.step, **m})
-                bar.write(f"step {trainer.step}: val psnr {m['psnr']:.2f} ssim {m['ssim']:.4f}")
+                history.append({"step": trainer.step, "seconds": trainer.elapsed, **m})
+                bar.write(f"step {trainer.step} ({trainer.elapsed:.1f} s): val psnr "
+                          f"{m['psnr']:.2f} ssim {m['ssim']:.4f}")
+                # the budget is training time: a validation does not use it up
+                start += time.perf_counter() - t_eval
     except KeyboardInterrupt:
         interrupted = True
         bar.write("interrupted: saving a checkpoint")
