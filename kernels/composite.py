@@ -25,6 +25,25 @@ def accumulate_sample(T, sigma, dt):
     return T * alpha, T * (1.0 - alpha)
 
 
+@ti.func
+def composite_run(sigmas: ti.template(), rgbs: ti.template(), ts: ti.template(),
+                  dts: ti.template(), start, count, T, c, depth, t_threshold):
+    """Composite samples start..start+count-1 onto a ray's running (T, colour c, depth);
+    stops after the sample that brings T below t_threshold (at once if T is below it)
+    -> (T, c, depth, samples used)."""
+    T_run, c_run, depth_run = T + 0.0, c + 0.0, depth + 0.0  # local copies
+    n = 0
+    while n < count:
+        if T_run < t_threshold:  # checked first: a resumed ray may have ended already
+            break
+        s = start + n
+        w, T_run = accumulate_sample(T_run, sigmas[s], dts[s])
+        c_run += w * row3(rgbs, s)
+        depth_run += w * ts[s]
+        n += 1
+    return T_run, c_run, depth_run, n
+
+
 @ti.kernel
 def composite_forward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
                       rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -39,19 +58,8 @@ def composite_forward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
                       n_used: ti.types.ndarray(dtype=ti.i32, ndim=1)):
     """Packed samples (M,), rays (R,2) = (start, count), bg (R,3) -> rgb (R,3), depth, opacity, n_used (R,)."""
     for r in range(rays.shape[0]):
-        start, count = rays[r, 0], rays[r, 1]
-        T = 1.0
-        c = ti.Vector([0.0, 0.0, 0.0])
-        depth = 0.0
-        n = 0
-        while n < count:
-            s = start + n
-            w, T = accumulate_sample(T, sigmas[s], dts[s])
-            c += w * row3(rgbs, s)
-            depth += w * ts[s]
-            n += 1
-            if T < t_threshold:
-                break
+        T, c, depth, n = composite_run(sigmas, rgbs, ts, dts, rays[r, 0], rays[r, 1], 1.0,
+                                       ti.Vector([0.0, 0.0, 0.0]), 0.0, t_threshold)
         opacity = 1.0 - T
         c += T * row3(bg, r)
         for a in ti.static(range(3)):
@@ -59,6 +67,31 @@ def composite_forward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
         out_depth[r] = depth
         out_opacity[r] = opacity
         n_used[r] = n
+
+
+@ti.kernel
+def composite_resume(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                     rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                     ts: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                     dts: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                     rays: ti.types.ndarray(dtype=ti.i32, ndim=2),
+                     ids: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                     t_threshold: ti.f32,
+                     T: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                     colour: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                     depth: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    """Rendering in pieces: the next packed samples of rays ids (A,) (rays (A,2) = (start,
+    count)) onto their running T (N,), premultiplied colour (N,3) and depth (N,), in place.
+    Starting from T = 1, 0, 0 and feeding a ray's samples in order gives composite_forward's
+    values (without the background: add colour + T * bg at the end)."""
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        T_r, c, d, _n = composite_run(sigmas, rgbs, ts, dts, rays[i, 0], rays[i, 1], T[r],
+                                      row3(colour, r), depth[r], t_threshold)
+        T[r] = T_r
+        for a in ti.static(range(3)):
+            colour[r, a] = c[a]
+        depth[r] = d
 
 
 @ti.kernel

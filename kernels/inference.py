@@ -134,8 +134,10 @@ class NerfModel:
         rgb = mlp_k.mlp_forward(x, self.color_layers, ["relu"] * (n_c - 1) + ["sigmoid"], alloc)
         return sigma, rgb
 
-    def render_rays(self, rays_o, rays_d, bg: np.ndarray) -> Dict[str, np.ndarray]:
-        """Model-space rays (R,3) ndarrays, bg (3,) -> numpy rgb (R,3), depth (R,), opacity (R,)."""
+    def render_rays(self, rays_o, rays_d, bg: np.ndarray,
+                    t_threshold: float = T_THRESHOLD) -> Dict[str, np.ndarray]:
+        """Model-space rays (R,3) ndarrays, bg (3,) -> numpy rgb (R,3), depth (R,), opacity (R,);
+        a ray ends once its transmittance is below t_threshold."""
         R = rays_o.shape[0]
         k = march_kernels(self.occ, self.march)
         counts = self._new(ti.i32, (R,))
@@ -166,7 +168,7 @@ class NerfModel:
         rays = self._new(ti.i32, (R, 2))
         rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))
         n_used = self._new(ti.i32, (R,))
-        composite_k.composite_forward(sigma, colour, t, dt, rays, bg_rows, T_THRESHOLD,
+        composite_k.composite_forward(sigma, colour, t, dt, rays, bg_rows, float(t_threshold),
                                       rgb, depth, opacity, n_used)
         out = {"rgb": rgb.to_numpy(), "depth": depth.to_numpy(), "opacity": opacity.to_numpy()}
         self._release()
@@ -174,8 +176,10 @@ class NerfModel:
 
     def render_image(self, c2w_model: np.ndarray, intrinsics, width: int, height: int,
                      bg=None, distortion=(0.0, 0.0, 0.0, 0.0),
-                     chunk: int = 1 << 14) -> Dict[str, np.ndarray]:
-        """One view: c2w (4,4) model space, intrinsics fx fy cx cy -> rgb (H,W,3), depth, opacity (H,W)."""
+                     chunk: int = 1 << 14,
+                     t_threshold: float = T_THRESHOLD) -> Dict[str, np.ndarray]:
+        """One view: c2w (4,4) model space, intrinsics fx fy cx cy -> rgb (H,W,3), depth, opacity
+        (H,W); t_threshold as in render_rays."""
         j, i = np.meshgrid(np.arange(height, dtype=np.float32) + 0.5,
                            np.arange(width, dtype=np.float32) + 0.5, indexing="ij")
         pix = np.stack([i.ravel(), j.ravel()], -1)
@@ -191,7 +195,8 @@ class NerfModel:
             rays_d = self._new(ti.f32, (R, 3))
             generate_rays(p, np.zeros(R, np.int32), intr, dist, c2w, rays_o, rays_d,
                           np.zeros(1, np.int32))  # one camera, index 0: never bad
-            parts.append(self.render_rays(rays_o, rays_d, self.background if bg is None else bg))
+            parts.append(self.render_rays(rays_o, rays_d, self.background if bg is None else bg,
+                                          t_threshold))
         out = {k: np.concatenate([q[k] for q in parts]) for k in ("rgb", "depth", "opacity")}
         return {"rgb": out["rgb"].reshape(height, width, 3),
                 "depth": out["depth"].reshape(height, width),

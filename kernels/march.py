@@ -21,15 +21,19 @@ from .specs import MarchSpec, OccupancySpec
 class MarchFuncs(NamedTuple):
     """The @ti.funcs of one grid and step rule (see :func:`make_march_funcs`)."""
     step_size: Any
+    ray_start: Any
+    walk_from: Any
     walk_ray: Any
     march_ray: Any
     cell_exit_t: Any
+    write_sample: Any
 
 
 def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
-    """@ti.funcs for one grid/step rule: ``step_size(t)``, ``walk_ray(...)`` (the one walk,
-    with a per-sample callback), ``march_ray(...)`` (the batch passes' use of it) and
-    ``cell_exit_t(o, inv_d, p, c, t)``."""
+    """@ti.funcs for one grid/step rule: ``step_size(t)``, ``ray_start`` and ``walk_from`` (the
+    one walk, with a per-sample callback, resumable), ``walk_ray`` (both in one),
+    ``march_ray(...)`` (the batch passes' use of it), ``cell_exit_t(o, inv_d, p, c, t)`` and
+    ``write_sample`` (the callback that stores samples)."""
     C, R = occ.n_cascades, occ.resolution
     lo, hi = occ.aabb
     min_step, max_step, cone = march.min_step, march.max_step, march.cone
@@ -54,15 +58,9 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
         return ti.max(ti.min(tx[0], tx[1], tx[2]), t)
 
     @ti.func
-    def walk_ray(o, d, jitter, bitfield: ti.template(), limit, visit: ti.template(),
-                 ctx: ti.template()):
-        """Walk ray o + t d (model space, unit d) through the occupied cells, starting `jitter`
-        (in [0,1)) steps past the near point; call ``visit(ctx, n, t_mid, dt, p, d)`` for each
-        sample (n samples before it, interval [t_mid - dt/2, t_mid + dt/2], p at t_mid), at most
-        `limit`; a true return ends the walk after that sample. -> (n, t where it stopped,
-        t_far). `visit` and `ctx` are templates: ctx (e.g. a tuple of locals, ti.dataclass
-        values and arrays) reaches visit by reference; unpack it with ti.static(ctx), as a
-        plain assignment copies."""
+    def ray_start(o, d, jitter):
+        """Ray o + t d (model space, unit d) -> (t of its first step, t_far where it leaves the
+        box): the near point, then `jitter` (in [0,1)) steps further."""
         box_lo = ti.Vector([lo[0], lo[1], lo[2]])
         box_hi = ti.Vector([hi[0], hi[1], hi[2]])
         t_near, t_far = ray_aabb(o, d, box_lo, box_hi)
@@ -70,6 +68,16 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
         # a random start per ray and step, so that training rays do not all sample the same
         # shells around each camera (instant-ngp: advance_n_steps(tmin, cone, random))
         t += jitter * step_size(t)
+        return t, t_far
+
+    @ti.func
+    def walk_from(o, d, t_start, t_far, bitfield: ti.template(), limit, visit: ti.template(),
+                  ctx: ti.template()):
+        """Walk ray o + t d from t_start (a ray_start, or where an earlier walk_from stopped)
+        to t_far: ``visit(ctx, n, t_mid, dt, p, d)`` per sample, at most `limit`, a true return
+        ends the walk after that sample. -> (n, t where it stopped). The walk's only state is
+        t, so walking in pieces gives exactly the samples of one whole walk."""
+        t = t_start + 0.0  # a local copy: the argument may be a caller's variable
         inv_d = safe_inv(d)
         n = 0
         while n < limit:
@@ -93,6 +101,20 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
                 t_exit = cell_exit_t(o, inv_d, p, c, t)
                 n_steps = ti.max(ti.ceil((t_exit - t) / dt), 1.0)
                 t += n_steps * dt
+        return n, t
+
+    @ti.func
+    def walk_ray(o, d, jitter, bitfield: ti.template(), limit, visit: ti.template(),
+                 ctx: ti.template()):
+        """Walk ray o + t d (model space, unit d) through the occupied cells, starting `jitter`
+        (in [0,1)) steps past the near point; call ``visit(ctx, n, t_mid, dt, p, d)`` for each
+        sample (n samples before it, interval [t_mid - dt/2, t_mid + dt/2], p at t_mid), at most
+        `limit`; a true return ends the walk after that sample. -> (n, t where it stopped,
+        t_far). `visit` and `ctx` are templates: ctx (e.g. a tuple of locals, ti.dataclass
+        values and arrays) reaches visit by reference; unpack it with ti.static(ctx), as a
+        plain assignment copies."""
+        t0, t_far = ray_start(o, d, jitter)
+        n, t = walk_from(o, d, t0, t_far, bitfield, limit, visit, ctx)
         return n, t, t_far
 
     @ti.func
@@ -135,7 +157,8 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
                 n += 1
         return n
 
-    return MarchFuncs(step_size, walk_ray, march_ray, cell_exit_t)
+    return MarchFuncs(step_size, ray_start, walk_from, walk_ray, march_ray, cell_exit_t,
+                      write_sample)
 
 
 class MarchKernels:
@@ -147,6 +170,15 @@ class MarchKernels:
 
     ``jitter`` is each ray's start offset in steps, in [0, 1): zeros for rendering, uniform
     random for training; count and fill must be given the same values.
+
+    Marching in pieces (rendering, where most rays end long before they leave the box):
+
+    - ``start(rays_o, rays_d, t (R,), t_far (R,))``: each ray's first t (jitter 0) and exit t;
+    - ``segment(rays_o, rays_d, ids (A,) i32, t, t_far, taken (R,) i32, bitfield, limit,
+      counts (A,) i32, t (A*limit,), dt, pos (A*limit,3), dir)``: the next at most `limit`
+      samples of the rays ids[i], at rows i*limit.., counts[i] of them; t[ids] advances to
+      where each stopped and taken[ids] (samples so far) by counts; a ray's walk ends at
+      max_samples in all, as in march_ray.
     """
 
     def __init__(self, occ: OccupancySpec, march: MarchSpec):
@@ -185,8 +217,46 @@ class MarchKernels:
                 for k in range(n):
                     ray_index[base + k] = r
 
+        ray_start, walk_from, write_sample = funcs.ray_start, funcs.walk_from, funcs.write_sample
+
+        @ti.kernel
+        def start(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                  t_far: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+            for r in range(rays_o.shape[0]):
+                t0, t1 = ray_start(row3(rays_o, r), row3(rays_d, r), 0.0)
+                t[r] = t0
+                t_far[r] = t1
+
+        @ti.kernel
+        def segment(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    ids: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                    t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                    t_far: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                    taken: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                    bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                    limit: ti.i32,
+                    counts: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                    out_t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                    out_dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                    out_pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    out_dir: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+            for i in range(ids.shape[0]):
+                r = ids[i]
+                # a whole walk's limit (max_samples) holds across segments too
+                n, t_end = walk_from(row3(rays_o, r), row3(rays_d, r), t[r], t_far[r], bitfield,
+                                     ti.min(limit, max_samples - taken[r]), write_sample,
+                                     (i * limit, out_t, out_dt, out_pos, out_dir))
+                t[r] = t_end
+                taken[r] += n
+                counts[i] = n
+
         self.count = count
         self.fill = fill
+        self.start = start
+        self.segment = segment
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,6 +11,9 @@ HASH_PRIMES = (1, 2654435761, 805459861)
 MAX_LOG2_TABLE = 24
 MAX_RESOLUTION = 1 << 15  # the hash multiply splits coordinates into 16 bits
 T_THRESHOLD = 1e-4  # a ray stops once its transmittance drops below this (instant-ngp)
+# the viewer's rays stop earlier: what is left is at most 1% of the light, 2-3 levels of
+# 8-bit colour at most (measured in BENCHMARKS.md section 3)
+PREVIEW_T_THRESHOLD = 1e-2
 CHECKPOINT_NAME = "checkpoint.npz"  # what `taichi-nerf train --out RUN` writes in RUN
 
 

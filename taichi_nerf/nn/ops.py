@@ -222,6 +222,57 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tenso
     return PackedSamples(t, dt, pos, dirs, ray_index, torch.stack([starts, counts], -1))
 
 
+def march_start(rays_o: torch.Tensor, rays_d: torch.Tensor, occ: OccupancySpec,
+                march: MarchSpec) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rays (R,3) (model space, unit directions) -> (t, t_far) (R,): where each ray's walk
+    starts (jitter 0) and where it leaves the box; the state :func:`march_segment` advances."""
+    runtime.current()
+    check_tensor(rays_o, "ray origins", (None, 3))
+    check_tensor(rays_d, "ray directions", (rays_o.shape[0], 3))
+    _same_device(rays_o, rays_d)
+    t = torch.empty(rays_o.shape[0], dtype=torch.float32, device=rays_o.device)
+    t_far = torch.empty_like(t)
+    march_kernels(occ, march).start(rays_o, rays_d, t, t_far)
+    return t, t_far
+
+
+def march_segment(rays_o: torch.Tensor, rays_d: torch.Tensor, ids: torch.Tensor,
+                  t: torch.Tensor, t_far: torch.Tensor, taken: torch.Tensor,
+                  bitfield: torch.Tensor, occ: OccupancySpec, march: MarchSpec,
+                  limit: int) -> PackedSamples:
+    """The next at most `limit` samples of rays ids (A,) int32 (rows of rays_o (R,3)), from
+    t (R,) on; t and taken (R,) int32 (samples so far, start at 0) advance in place ->
+    PackedSamples whose ray r is ray ids[r]. Walking a ray in segments gives the samples of
+    :func:`march_rays` (jitter 0), in order, at most march.max_samples in all."""
+    runtime.current()
+    R, dev = rays_o.shape[0], rays_o.device
+    check_tensor(rays_d, "ray directions", (R, 3))
+    check_tensor(ids, "ray ids", (None,), torch.int32)
+    check_tensor(t, "ray t", (R,))
+    check_tensor(t_far, "ray t_far", (R,))
+    check_tensor(taken, "samples taken", (R,), torch.int32)
+    check_tensor(bitfield, "occupancy bitfield", (occ.n_words,), torch.int32)
+    _same_device(rays_o, rays_d, ids, t, t_far, taken, bitfield)
+    A, limit = ids.shape[0], int(limit)
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    counts = torch.empty(A, dtype=torch.int32, device=dev)
+    bt = torch.empty(A * limit, dtype=torch.float32, device=dev)
+    bdt = torch.empty_like(bt)
+    bpos = torch.empty(A * limit, 3, dtype=torch.float32, device=dev)
+    bdir = torch.empty_like(bpos)
+    if A:
+        march_kernels(occ, march).segment(rays_o, rays_d, ids, t, t_far, taken, bitfield,
+                                          limit, counts, bt, bdt, bpos, bdir)
+    # each ray wrote its counts[i] samples at rows i*limit..: keep those, packed
+    rows = torch.arange(limit, dtype=torch.int32, device=dev)
+    keep = (rows[None, :] < counts[:, None]).reshape(-1).nonzero().squeeze(1)
+    ends = torch.cumsum(counts, 0, dtype=torch.int32)
+    ray_index = torch.div(keep, limit, rounding_mode="floor").to(torch.int32)
+    return PackedSamples(bt[keep], bdt[keep], bpos[keep], bdir[keep], ray_index,
+                         torch.stack([ends - counts, counts], -1))
+
+
 # ---------------------------------------------------------------- compositing
 class _Composite(torch.autograd.Function):
     @staticmethod
@@ -277,3 +328,25 @@ def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, ts: torch.Tensor, dts: t
             raise ValueError(f"rays (start, count) must index inside the {M} samples "
                              f"(largest start+count is {end})")
     return _Composite.apply(sigmas, rgbs, ts, dts, rays, bg, t_threshold)
+
+
+def composite_resume(sigmas: torch.Tensor, rgbs: torch.Tensor, samples: PackedSamples,
+                     ids: torch.Tensor, T: torch.Tensor, colour: torch.Tensor,
+                     depth: torch.Tensor, t_threshold: float = 1e-4) -> None:
+    """Rendering in pieces (no gradients): composite the next samples (M,) of rays ids (A,)
+    int32 onto their running T (N,), premultiplied colour (N,3) and depth (N,), in place.
+    From T = 1, colour = depth = 0, a ray's segments in order give :func:`composite`'s
+    values: rgb = colour + T * bg, opacity = 1 - T."""
+    runtime.current()
+    M, N = sigmas.shape[0], T.shape[0]
+    check_tensor(sigmas, "sigmas", (M,))
+    check_tensor(rgbs, "rgbs", (M, 3))
+    check_tensor(ids, "ray ids", (samples.rays.shape[0],), torch.int32)
+    check_tensor(T, "transmittance", (N,))
+    check_tensor(colour, "colour", (N, 3))
+    check_tensor(depth, "depth", (N,))
+    _same_device(sigmas, rgbs, samples.t, ids, T, colour, depth)
+    if samples.t.shape[0] != M:
+        raise ValueError(f"{M} sigmas for {samples.t.shape[0]} samples")
+    composite_k.composite_resume(sigmas.detach(), rgbs.detach(), samples.t, samples.dt,
+                                 samples.rays, ids, float(t_threshold), T, colour, depth)

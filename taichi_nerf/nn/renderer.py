@@ -12,6 +12,16 @@ from taichi_nerf.kernels.specs import T_THRESHOLD
 from taichi_nerf.nn.occupancy import OccupancyGrid
 
 
+# render_rays_segmented: sample slots per round (about a training batch, where the field runs
+# at full speed) shared by the rays still going, at least SEGMENT_MIN each: short segments
+# while most rays are alive (few samples behind a surface are wasted), long ones for the
+# last rays (few rounds; each round costs several kernel launches). Measured on Lego
+# 256x256: a cap of 64 samples per segment was 10% slower; 2^16 or 2^18 slots, or a
+# minimum of 2 or 8, were 10-30% slower (BENCHMARKS.md section 3).
+ROUND_SAMPLES = 1 << 17
+SEGMENT_MIN = 4
+
+
 class Renderer:
     """Renders rays given in model space through a field and its occupancy grid."""
 
@@ -71,11 +81,48 @@ class Renderer:
                 "sigma": sigma, "samples": s}
 
     @torch.no_grad()
+    def render_rays_segmented(self, rays_o: torch.Tensor, rays_d: torch.Tensor, bg: torch.Tensor,
+                              t_threshold: float = T_THRESHOLD,
+                              round_samples: int = ROUND_SAMPLES) -> Dict[str, torch.Tensor]:
+        """Inference: rays (R,3) model space, bg (R,3) -> rgb (R,3), depth (R,) model units,
+        opacity (R,), n_samples (field evaluations). The rays are walked a few samples at a
+        time and a ray leaves the batch as soon as it ends, so samples behind a surface are
+        never evaluated (instant-ngp's compaction); with the same t_threshold the values
+        are render_rays' (jitter 0)."""
+        dev, R = rays_o.device, rays_o.shape[0]
+        occ, march = self.grid.spec, self.grid.march
+        t, t_far = ops.march_start(rays_o, rays_d, occ, march)
+        T = torch.ones(R, dtype=torch.float32, device=dev)
+        colour = torch.zeros(R, 3, dtype=torch.float32, device=dev)
+        depth = torch.zeros(R, dtype=torch.float32, device=dev)
+        taken = torch.zeros(R, dtype=torch.int32, device=dev)
+        ids = torch.arange(R, dtype=torch.int32, device=dev)
+        n_samples = 0
+        while ids.shape[0]:
+            # few samples per ray while many rays are alive, more as they end
+            limit = min(march.max_samples, max(SEGMENT_MIN, round_samples // ids.shape[0]))
+            with profiling.stage(profiling.MARCH):
+                s = ops.march_segment(rays_o, rays_d, ids, t, t_far, taken, self.grid.bitfield,
+                                      occ, march, limit)
+            counts = s.rays[:, 1]
+            if s.n_samples:
+                sigma, rgb = self.field(self.to_unit(s.positions), s.dirs, None)
+                ops.composite_resume(sigma, rgb, s, ids, T, colour, depth, t_threshold)
+                n_samples += s.n_samples
+            # a ray goes on while its walk filled the segment (it neither left the box nor
+            # reached max_samples) and it is not opaque yet
+            go_on = (counts == limit) & (T[ids.long()] >= t_threshold)
+            ids = ids[go_on]
+        return {"rgb": colour + T[:, None] * bg, "depth": depth, "opacity": 1.0 - T,
+                "n_samples": n_samples}
+
+    @torch.no_grad()
     def render_image(self, c2w: torch.Tensor, intrinsics: torch.Tensor, distortion: torch.Tensor,
-                     width: int, height: int, bg: torch.Tensor,
-                     chunk: int = 1 << 14, max_samples: int = 1 << 19) -> Dict[str, torch.Tensor]:
+                     width: int, height: int, bg: torch.Tensor, chunk: int = 1 << 16,
+                     t_threshold: float = T_THRESHOLD) -> Dict[str, torch.Tensor]:
         """One view: c2w (3|4,4) model space, intrinsics (4,), distortion (4,), bg (3,)
-        -> rgb (H,W,3), depth (H,W) model units along the ray, opacity (H,W)."""
+        -> rgb (H,W,3), depth (H,W) model units along the ray, opacity (H,W); `chunk` rays at
+        a time. A t_threshold above the training's T_THRESHOLD ends rays earlier (previews)."""
         dev = self.grid.device
         pix = pixel_grid(width, height, device=dev)
         cam = torch.zeros(pix.shape[0], dtype=torch.int32, device=dev)
@@ -83,14 +130,12 @@ class Renderer:
                              distortion.reshape(1, 4).contiguous(),
                              c2w[None, :3].contiguous())
         outs = {"rgb": [], "depth": [], "opacity": []}
-        i = 0
-        while i < o.shape[0]:
+        for i in range(0, o.shape[0], chunk):
             oc, dc = o[i:i + chunk], d[i:i + chunk]
-            r = self.render_rays(oc, dc, bg.reshape(1, 3).expand(oc.shape[0], 3).contiguous(),
-                                 max_samples=max_samples)
+            r = self.render_rays_segmented(oc, dc, bg.reshape(1, 3).expand(oc.shape[0], 3),
+                                           t_threshold)
             for k in outs:
                 outs[k].append(r[k])
-            i += r["n_rays"]
         return {"rgb": torch.cat(outs["rgb"]).reshape(height, width, 3),
                 "depth": torch.cat(outs["depth"]).reshape(height, width),
                 "opacity": torch.cat(outs["opacity"]).reshape(height, width)}

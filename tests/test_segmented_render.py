@@ -1,0 +1,122 @@
+"""Rendering in pieces (march_segment + composite_resume): the same samples and values as
+one whole walk, on random inputs against the float64 reference, and on a trained run."""
+import pytest
+import torch
+
+from taichi_nerf.data import load_dataset
+from taichi_nerf.nn import ops, reference
+from taichi_nerf.nn.cameras import generate_rays, pixel_grid
+from taichi_nerf.kernels.specs import T_THRESHOLD, MarchSpec, OccupancySpec
+from taichi_nerf.training.trainer import load_model
+
+from conftest import RES, rel_err
+from test_march import _bitfield, _rays
+
+OCC = OccupancySpec(n_cascades=2, resolution=16)
+
+
+def _segments(o, d, bitfield, march, gen):
+    """Walk all rays in segments of random lengths -> per ray the list of (t, dt, pos, dir)."""
+    R = o.shape[0]
+    t, t_far = ops.march_start(o, d, OCC, march)
+    taken = torch.zeros(R, dtype=torch.int32)
+    ids = torch.arange(R, dtype=torch.int32)
+    got = [[] for _ in range(R)]
+    while ids.numel():
+        limit = int(torch.randint(1, 9, (1,), generator=gen))
+        s = ops.march_segment(o, d, ids, t, t_far, taken, bitfield, OCC, march, limit)
+        for i, (start, count) in enumerate(s.rays.tolist()):
+            rows = slice(start, start + count)
+            got[int(ids[i])].append(torch.cat([s.t[rows, None], s.dt[rows, None],
+                                               s.positions[rows], s.dirs[rows]], 1))
+            assert (s.ray_index[rows] == i).all()
+        ids = ids[s.rays[:, 1] == limit]
+    return [torch.cat(g) if g else torch.zeros(0, 8) for g in got], taken
+
+
+@pytest.mark.parametrize("max_samples", [1024, 7])
+def test_segments_give_the_samples_of_one_walk(arch, gen, max_samples):
+    march = MarchSpec(min_step=0.013, max_step=0.05, cone=0.02, max_samples=max_samples)
+    o, d = _rays(gen, 200)
+    occupied = torch.rand(OCC.n_cells, generator=gen) < 0.4
+    bitfield = _bitfield(occupied)
+    whole = ops.march_rays(o, d, bitfield, OCC, march)
+    got, taken = _segments(o, d, bitfield, march, gen)
+    assert torch.equal(taken, whole.rays[:, 1])
+    # walks longer than a segment, and walks that ended at max_samples, were checked
+    assert int(whole.rays[:, 1].max()) == max_samples if max_samples < 8 else \
+        int(whole.rays[:, 1].max()) > 8
+    for r, (start, count) in enumerate(whole.rays.tolist()):
+        rows = slice(start, start + count)
+        ref = torch.cat([whole.t[rows, None], whole.dt[rows, None], whole.positions[rows],
+                         whole.dirs[rows]], 1)
+        assert torch.equal(got[r], ref), f"ray {r}"
+
+
+def test_resumed_compositing_equals_the_reference(arch, gen):
+    R = 300
+    counts = torch.randint(0, 40, (R,), generator=gen, dtype=torch.int32)
+    M = int(counts.sum())
+    ends = torch.cumsum(counts, 0, dtype=torch.int32)
+    rays = torch.stack([ends - counts, counts], -1)
+    sigmas = torch.rand(M, generator=gen) * 30
+    rgbs = torch.rand(M, 3, generator=gen)
+    ts = torch.rand(M, generator=gen) * 3
+    dts = torch.rand(M, generator=gen) * 0.05
+    bg = torch.rand(R, 3, generator=gen)
+    T = torch.ones(R)
+    colour = torch.zeros(R, 3)
+    depth = torch.zeros(R)
+    done = torch.zeros(R, dtype=torch.int32)
+    while bool((done < counts).any()):  # feed each ray's samples in random-length pieces
+        ids = (done < counts).nonzero().squeeze(1).to(torch.int32)
+        take = torch.minimum(torch.randint(1, 6, (ids.numel(),), generator=gen,
+                                           dtype=torch.int32), counts[ids] - done[ids])
+        rows = torch.cat([torch.arange(int(rays[r, 0] + done[r]), int(rays[r, 0] + done[r] + n))
+                          for r, n in zip(ids.tolist(), take.tolist())])
+        e = torch.cumsum(take, 0, dtype=torch.int32)
+        piece = ops.PackedSamples(ts[rows], dts[rows], torch.zeros(rows.numel(), 3),
+                                  torch.zeros(rows.numel(), 3), torch.zeros_like(rows, dtype=torch.int32),
+                                  torch.stack([e - take, take], -1))
+        ops.composite_resume(sigmas[rows], rgbs[rows].contiguous(), piece, ids, T, colour, depth,
+                             T_THRESHOLD)
+        done[ids.long()] += take
+    ref_rgb, ref_depth, ref_opacity = reference.composite(
+        sigmas.double(), rgbs.double(), ts.double(), dts.double(), rays, bg.double(), T_THRESHOLD)
+    assert rel_err(colour + T[:, None] * bg, ref_rgb) < 1e-5
+    assert rel_err(depth, ref_depth) < 1e-5
+    assert rel_err(1.0 - T, ref_opacity) < 1e-5
+    assert float((T < T_THRESHOLD).float().mean()) > 0.3  # early termination was exercised
+
+
+def _whole_walk_image(renderer, o, d, bg):
+    out = renderer.render_rays(o, d, bg.expand(o.shape[0], 3).contiguous())
+    return out["rgb"], out["depth"], out["opacity"], out["n_samples"]
+
+
+def test_segmented_render_equals_whole_walk_render(trained, scene_dir, cpu_runtime):
+    out, _ = trained
+    _, renderer, scene = load_model(out / "checkpoint.npz")
+    test = load_dataset(scene_dir, "test", scene=scene)
+    pose = torch.from_numpy(test.transform_poses()[0])
+    pix = pixel_grid(RES, RES)
+    o, d = generate_rays(pix, torch.zeros(pix.shape[0], dtype=torch.int32),
+                         torch.from_numpy(test.intrinsics[:1]).contiguous(),
+                         torch.from_numpy(test.distortion[:1]).contiguous(),
+                         pose[None, :3].contiguous())
+    bg = torch.tensor([0.2, 0.4, 0.9])
+    with torch.no_grad():
+        whole = renderer.render_rays(o, d, bg.expand(o.shape[0], 3).contiguous())
+    seg = renderer.render_rays_segmented(o, d, bg.expand(o.shape[0], 3))
+    assert float(whole["opacity"].mean()) > 0.1  # the view sees the trained object
+    for k in ("rgb", "depth", "opacity"):
+        assert float((seg[k] - whole[k]).abs().max()) < 1e-5, k
+    assert seg["n_samples"] < whole["n_samples"]  # samples behind surfaces were skipped
+    # render_image is the segmented render
+    img = renderer.render_image(pose, torch.from_numpy(test.intrinsics[0]),
+                                torch.from_numpy(test.distortion[0]), RES, RES, bg)
+    assert float((img["rgb"].reshape(-1, 3) - whole["rgb"]).abs().max()) < 1e-5
+    # a preview's looser threshold: fewer samples, nearly the same picture
+    loose = renderer.render_rays_segmented(o, d, bg.expand(o.shape[0], 3), t_threshold=1e-2)
+    assert loose["n_samples"] < seg["n_samples"]
+    assert float((loose["rgb"] - whole["rgb"]).abs().max()) < 2e-2
