@@ -120,3 +120,23 @@ def test_segmented_render_equals_whole_walk_render(trained, scene_dir, cpu_runti
     loose = renderer.render_rays_segmented(o, d, bg.expand(o.shape[0], 3), t_threshold=1e-2)
     assert loose["n_samples"] < seg["n_samples"]
     assert float((loose["rgb"] - whole["rgb"]).abs().max()) < 2e-2
+
+
+def test_render_benchmark_reports_each_mode(trained, cpu_runtime, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "render_segments.py"
+    spec = importlib.util.spec_from_file_location("render_segments", path)
+    render_segments = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_segments)
+    out, _ = trained
+    rows = render_segments.measure(out, size=32, views=2, repeats=1)
+    assert [r["mode"].split(",")[0] for r in rows] == ["whole walk", "segments", "segments"]
+    whole, exact, preview = rows
+    assert whole["max_abs_diff"] == 0.0 and exact["max_abs_diff"] < 1e-5
+    assert preview["samples_per_frame"] <= exact["samples_per_frame"] <= whole["samples_per_frame"]
+    assert all(r["frame_ms"] > 0 for r in rows)
+    assert render_segments.main([str(out), "--size", "16", "--views", "1", "--repeats", "1"]) == 0
+    table = capsys.readouterr().out
+    assert table.strip().count("\n") == 4 and "whole walk" in table and "preview" in table
