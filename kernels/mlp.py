@@ -1,7 +1,12 @@
-"""MLP forward pass as Taichi kernels, so a trained field renders with no torch at all.
+"""MLP forward and backward passes and Adam as Taichi kernels: a trained field renders with
+no torch at all, and the pieces of a torch-free training step (Vulkan/Metal, where torch
+cannot run on the device) are here too.
 
 Weights follow torch.nn.Linear: weight (out, in), bias (out,). Activations are
-chosen at compile time: "none", "relu", "sigmoid", "exp".
+chosen at compile time: "none", "relu", "sigmoid", "exp". The backward kernels are
+written by hand (Taichi's autodiff is limited on Vulkan) and reduce without atomics:
+one thread per weight sums over the batch, one thread per input over the outputs, so
+results do not depend on thread timing.
 """
 import taichi as ti
 
@@ -18,6 +23,20 @@ def activate(v, act: ti.template()):
         out = 1.0 / (1.0 + ti.exp(-v))
     elif ti.static(act == "exp"):
         out = ti.exp(v)
+    return out
+
+
+@ti.func
+def activation_slope(y, act: ti.template()):
+    """d act / d pre-activation, written with the activation's output y (what the forward
+    keeps): relu 1 where y > 0, sigmoid y (1 - y), exp y, none 1."""
+    out = 1.0
+    if ti.static(act == "relu"):
+        out = 1.0 if y > 0.0 else 0.0
+    elif ti.static(act == "sigmoid"):
+        out = y * (1.0 - y)
+    elif ti.static(act == "exp"):
+        out = y
     return out
 
 
@@ -52,6 +71,68 @@ def column_activation(x: ti.types.ndarray(dtype=ti.f32, ndim=2), col: ti.i32,
         out[i] = activate(x[i, col], act)
 
 
+@ti.kernel
+def linear_grad_params(x: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                       y: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                       grad_y: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                       grad_weight: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                       grad_bias: ti.types.ndarray(dtype=ti.f32, ndim=1), act: ti.template()):
+    """For y = act(x @ weight.T + bias): grad_weight (out,in) and grad_bias (out,) from x (M,in),
+    the forward's y (M,out) and grad_y (M,out); overwritten, not accumulated."""
+    for o, k in ti.ndrange(grad_weight.shape[0], grad_weight.shape[1] + 1):
+        acc = 0.0
+        for i in range(x.shape[0]):
+            g = grad_y[i, o] * activation_slope(y[i, o], act)
+            if k < grad_weight.shape[1]:
+                g *= x[i, k]
+            acc += g
+        if k < grad_weight.shape[1]:
+            grad_weight[o, k] = acc
+        else:  # the extra column is the bias: its input is 1
+            grad_bias[o] = acc
+
+
+@ti.kernel
+def linear_grad_input(weight: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                      y: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                      grad_y: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                      grad_x: ti.types.ndarray(dtype=ti.f32, ndim=2), act: ti.template()):
+    """For y = act(x @ weight.T + bias): grad_x (M,in) from weight (out,in), y and grad_y (M,out)."""
+    for i, k in ti.ndrange(grad_x.shape[0], grad_x.shape[1]):
+        acc = 0.0
+        for o in range(weight.shape[0]):
+            acc += grad_y[i, o] * activation_slope(y[i, o], act) * weight[o, k]
+        grad_x[i, k] = acc
+
+
+@ti.kernel
+def adam_update(param: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                grad: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                m: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                v: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                lr: ti.f32, beta1: ti.f32, beta2: ti.f32, eps: ti.f32, weight_decay: ti.f32,
+                bias_correction1: ti.f32, bias_correction2_sqrt: ti.f32):
+    """One Adam step on a flat parameter (N,) in place, torch.optim.Adam's arithmetic (L2
+    weight decay added to the gradient; bias corrections 1 - beta^t given by the caller)."""
+    for j in range(param.shape[0]):
+        g = grad[j] + weight_decay * param[j]
+        m[j] = beta1 * m[j] + (1.0 - beta1) * g
+        v[j] = beta2 * v[j] + (1.0 - beta2) * g * g
+        denom = ti.sqrt(v[j]) / bias_correction2_sqrt + eps
+        param[j] -= (lr / bias_correction1) * m[j] / denom
+
+
+def adam_step(param, grad, m, v, step: int, lr: float, betas=(0.9, 0.99), eps: float = 1e-15,
+              weight_decay: float = 0.0) -> None:
+    """Adam step number `step` (1, 2, ...) on flat float32 arrays param, grad, m, v (N,), in
+    place; defaults are the trainer's (instant-ngp's betas and eps)."""
+    if step < 1:
+        raise ValueError(f"Adam steps count from 1, got {step}")
+    b1, b2 = betas
+    adam_update(param, grad, m, v, lr, b1, b2, eps, weight_decay,
+                1.0 - b1 ** step, (1.0 - b2 ** step) ** 0.5)
+
+
 def mlp_forward(x, layers, activations, make_array):
     """Run x (M, in) through [(weight, bias), ...] with per-layer activation names; returns y (M, out).
 
@@ -64,3 +145,34 @@ def mlp_forward(x, layers, activations, make_array):
         linear(x, w, b, y, act)
         x = y
     return x
+
+
+def mlp_forward_saved(x, layers, activations, make_array):
+    """As :func:`mlp_forward`, but -> every layer's output [y_1, ..., y_n] (what the
+    backward needs; y_n is the network's output)."""
+    outs = []
+    for layer, act in zip(layers, activations):
+        x = mlp_forward(x, [layer], [act], make_array)
+        outs.append(x)
+    return outs
+
+
+def mlp_backward(x, layers, activations, outs, grad_out, make_array, want_input_grad=False):
+    """Gradients of an MLP run by :func:`mlp_forward_saved` (input x (M,in), its outputs
+    `outs`) given grad_out (M,out) -> ([(grad_weight, grad_bias), ...] per layer, grad_x
+    (M,in) or None)."""
+    grads = [None] * len(layers)
+    g = grad_out
+    for li in range(len(layers) - 1, -1, -1):
+        w, _b = layers[li]
+        act = activations[li]
+        inp = x if li == 0 else outs[li - 1]
+        gw = make_array(tuple(w.shape))
+        gb = make_array((w.shape[0],))
+        linear_grad_params(inp, outs[li], g, gw, gb, act)
+        grads[li] = (gw, gb)
+        if li > 0 or want_input_grad:
+            gx = make_array((inp.shape[0], w.shape[1]))
+            linear_grad_input(w, outs[li], g, gx, act)
+            g = gx
+    return grads, (g if want_input_grad else None)
