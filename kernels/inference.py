@@ -15,7 +15,7 @@ from . import mlp as mlp_k
 from .camera import generate_rays
 from .checkpoint_io import read_checkpoint
 from .hash_grid import checkpoint_table, hash_grid_kernels
-from .march import march_kernels
+from .march import march_kernels, segment_length
 from .occupancy import checkpoint_bitfield
 from .sh import sh_kernels
 from .specs import T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec
@@ -52,9 +52,23 @@ def _to_unit(pos: ti.types.ndarray(dtype=ti.f32, ndim=2), lo: ti.f32, inv_size: 
 
 
 @ti.kernel
-def _fill_rows(a: ti.types.ndarray(dtype=ti.f32, ndim=2), v: ti.types.ndarray(dtype=ti.f32, ndim=1)):
-    for i, k in ti.ndrange(a.shape[0], a.shape[1]):
-        a[i, k] = v[k]
+def _gather_samples(keep: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                    t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                    dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                    pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    out_t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                    out_dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                    out_pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    out_dirs: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    """Packed samples j = rows keep[j] of a segment's slots (the rows its rays filled)."""
+    for j in range(keep.shape[0]):
+        r = keep[j]
+        out_t[j] = t[r]
+        out_dt[j] = dt[r]
+        for a in ti.static(range(3)):
+            out_pos[j, a] = pos[r, a]
+            out_dirs[j, a] = dirs[r, a]
 
 
 class NerfModel:
@@ -137,40 +151,55 @@ class NerfModel:
     def render_rays(self, rays_o, rays_d, bg: np.ndarray,
                     t_threshold: float = T_THRESHOLD) -> Dict[str, np.ndarray]:
         """Model-space rays (R,3) ndarrays, bg (3,) -> numpy rgb (R,3), depth (R,), opacity (R,);
-        a ray ends once its transmittance is below t_threshold."""
+        a ray ends once its transmittance is below t_threshold. The rays are walked in
+        segments and each leaves the batch when it ends, as the torch renderer's
+        ``render_rays_segmented`` does (the same kernels and rule)."""
         R = rays_o.shape[0]
         k = march_kernels(self.occ, self.march)
-        counts = self._new(ti.i32, (R,))
-        no_jitter = self._new(ti.f32, (R,))
-        no_jitter.fill(0.0)
-        k.count(rays_o, rays_d, no_jitter, self.bitfield, counts)
-        c = counts.to_numpy()
-        starts_np = (np.cumsum(c) - c).astype(np.int32)
-        M = int(c.sum())
-        rgb = self._new(ti.f32, (R, 3))
+        t, t_far = self._new(ti.f32, (R,)), self._new(ti.f32, (R,))
+        k.start(rays_o, rays_d, t, t_far)
+        T = self._new(ti.f32, (R,))
+        T.fill(1.0)
+        colour = self._new(ti.f32, (R, 3))
+        colour.fill(0.0)
         depth = self._new(ti.f32, (R,))
-        opacity = self._new(ti.f32, (R,))
-        bg_rows = self._new(ti.f32, (R, 3))
-        _fill_rows(bg_rows, np.asarray(bg, np.float32))
-        if M == 0:
+        depth.fill(0.0)
+        taken = self._new(ti.i32, (R,))
+        taken.fill(0)
+        going = np.arange(R, dtype=np.int32)
+        T_np = np.ones(R, np.float32)
+        while going.size:
+            A = going.size
+            limit = segment_length(A, self.march)
+            ids = self._new(ti.i32, (A,))
+            ids.from_numpy(going)
+            counts = self._new(ti.i32, (A,))
+            slots = [self._new(ti.f32, (A * limit,)), self._new(ti.f32, (A * limit,)),
+                     self._new(ti.f32, (A * limit, 3)), self._new(ti.f32, (A * limit, 3))]
+            k.segment(rays_o, rays_d, ids, t, t_far, taken, self.bitfield, limit, counts, *slots)
+            c = counts.to_numpy()
+            M = int(c.sum())
+            if M:
+                keep_np = np.flatnonzero(np.arange(limit)[None, :] < c[:, None]).astype(np.int32)
+                keep = self._new(ti.i32, (M,))
+                keep.from_numpy(keep_np)
+                s_t, s_dt = self._new(ti.f32, (M,)), self._new(ti.f32, (M,))
+                s_pos, s_dir = self._new(ti.f32, (M, 3)), self._new(ti.f32, (M, 3))
+                _gather_samples(keep, *slots, s_t, s_dt, s_pos, s_dir)
+                sigma, rgb = self.field(s_pos, s_dir)
+                rays = self._new(ti.i32, (A, 2))
+                ends = np.cumsum(c).astype(np.int32)
+                rays.from_numpy(np.stack([ends - c, c], -1).astype(np.int32))
+                composite_k.composite_resume(sigma, rgb, s_t, s_dt, rays, ids, float(t_threshold),
+                                             T, colour, depth)
+                T_np = T.to_numpy()
+            # this round's temporaries go once its kernels are done (Vulkan, see _new); the
+            # rays' running state stays referenced here
             self._release()
-            return {"rgb": np.broadcast_to(np.asarray(bg, np.float32), (R, 3)).copy(),
-                    "depth": np.zeros(R, np.float32), "opacity": np.zeros(R, np.float32)}
-        starts = self._new(ti.i32, (R,))
-        starts.from_numpy(starts_np)
-        t = self._new(ti.f32, (M,))
-        dt = self._new(ti.f32, (M,))
-        pos = self._new(ti.f32, (M, 3))
-        dirs = self._new(ti.f32, (M, 3))
-        ray_index = self._new(ti.i32, (M,))
-        k.fill(rays_o, rays_d, no_jitter, self.bitfield, starts, counts, t, dt, pos, dirs, ray_index)
-        sigma, colour = self.field(pos, dirs)
-        rays = self._new(ti.i32, (R, 2))
-        rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))
-        n_used = self._new(ti.i32, (R,))
-        composite_k.composite_forward(sigma, colour, t, dt, rays, bg_rows, float(t_threshold),
-                                      rgb, depth, opacity, n_used)
-        out = {"rgb": rgb.to_numpy(), "depth": depth.to_numpy(), "opacity": opacity.to_numpy()}
+            going = going[(c == limit) & (T_np[going] >= t_threshold)]
+        T_np = T.to_numpy()
+        out = {"rgb": colour.to_numpy() + T_np[:, None] * np.asarray(bg, np.float32)[None, :],
+               "depth": depth.to_numpy(), "opacity": 1.0 - T_np}
         self._release()
         return out
 

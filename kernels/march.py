@@ -15,7 +15,7 @@ import taichi as ti
 
 from .occupancy import cascade_of, cell_coords, cell_index, is_occupied
 from .rays import ray_aabb, row3, safe_inv
-from .specs import MarchSpec, OccupancySpec
+from .specs import ROUND_SAMPLES, SEGMENT_MIN, MarchSpec, OccupancySpec
 
 
 class MarchFuncs(NamedTuple):
@@ -257,6 +257,12 @@ class MarchKernels:
         self.fill = fill
         self.start = start
         self.segment = segment
+
+
+def segment_length(n_going: int, march: MarchSpec, round_samples: int = ROUND_SAMPLES) -> int:
+    """Samples per ray in the next segment of a render walked in pieces, `n_going` rays
+    still going: the round's slots shared out, at least SEGMENT_MIN, at most max_samples."""
+    return min(march.max_samples, max(SEGMENT_MIN, round_samples // max(n_going, 1)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,6 +14,14 @@ T_THRESHOLD = 1e-4  # a ray stops once its transmittance drops below this (insta
 # the viewer's rays stop earlier: what is left is at most 1% of the light, 2-3 levels of
 # 8-bit colour at most (measured in BENCHMARKS.md section 3)
 PREVIEW_T_THRESHOLD = 1e-2
+# Rendering in segments: sample slots per round (about a training batch, where the field
+# runs at full speed) shared by the rays still going, at least SEGMENT_MIN each: short
+# segments while most rays are alive (few samples behind a surface are wasted), long ones
+# for the last rays (few rounds; each round costs several kernel launches). Measured on
+# Lego 256x256 (BENCHMARKS.md 3b): a cap of 64 samples per segment was 10% slower; 2^16
+# slots, or 2^15 with a minimum of 2, 10-30% slower.
+ROUND_SAMPLES = 1 << 17
+SEGMENT_MIN = 4
 CHECKPOINT_NAME = "checkpoint.npz"  # what `taichi-nerf train --out RUN` writes in RUN
 
 

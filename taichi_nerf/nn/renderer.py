@@ -8,18 +8,9 @@ import torch
 from taichi_nerf.nn import losses, ops, profiling
 from taichi_nerf.nn.cameras import generate_rays, pixel_grid
 from taichi_nerf.nn.field import NGPField
-from taichi_nerf.kernels.specs import T_THRESHOLD
+from taichi_nerf.kernels.march import segment_length
+from taichi_nerf.kernels.specs import ROUND_SAMPLES, T_THRESHOLD
 from taichi_nerf.nn.occupancy import OccupancyGrid
-
-
-# render_rays_segmented: sample slots per round (about a training batch, where the field runs
-# at full speed) shared by the rays still going, at least SEGMENT_MIN each: short segments
-# while most rays are alive (few samples behind a surface are wasted), long ones for the
-# last rays (few rounds; each round costs several kernel launches). Measured on Lego
-# 256x256: a cap of 64 samples per segment was 10% slower; 2^16 or 2^18 slots, or a
-# minimum of 2 or 8, were 10-30% slower (BENCHMARKS.md section 3).
-ROUND_SAMPLES = 1 << 17
-SEGMENT_MIN = 4
 
 
 class Renderer:
@@ -100,7 +91,7 @@ class Renderer:
         n_samples = 0
         while ids.shape[0]:
             # few samples per ray while many rays are alive, more as they end
-            limit = min(march.max_samples, max(SEGMENT_MIN, round_samples // ids.shape[0]))
+            limit = segment_length(ids.shape[0], march, round_samples)
             with profiling.stage(profiling.MARCH):
                 s = ops.march_segment(rays_o, rays_d, ids, t, t_far, taken, self.grid.bitfield,
                                       occ, march, limit)
