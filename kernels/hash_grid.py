@@ -206,6 +206,13 @@ def loops_per_class(arch: str) -> bool:
     return arch == "cpu"
 
 
+def table_grad_method(arch: str) -> str:
+    """Hash-table gradient kernel for `arch`: "by_level" (few CPU cores: one task per level,
+    no atomics) or "atomic" (GPUs, Vulkan/Metal included: one thread per point and level;
+    hand-written, so it needs no autodiff, which Vulkan/Metal lack for ndarrays)."""
+    return "by_level" if arch == "cpu" else "atomic"
+
+
 def make_class_corners(spec: HashGridSpec, per_class: bool = True):
     """(classes, @ti.func ``class_level(c, j)`` -> (level, resolution, first row, s1, s2,
     1/s1, 1/s2) of the j-th level (a run-time index) of level class c (static), @ti.func

@@ -106,15 +106,13 @@ def linear_grad_input(weight: ti.types.ndarray(dtype=ti.f32, ndim=2),
 
 
 @ti.kernel
-def adam_update(param: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                grad: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                m: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                v: ti.types.ndarray(dtype=ti.f32, ndim=1),
+def adam_update(param: ti.types.ndarray(dtype=ti.f32), grad: ti.types.ndarray(dtype=ti.f32),
+                m: ti.types.ndarray(dtype=ti.f32), v: ti.types.ndarray(dtype=ti.f32),
                 lr: ti.f32, beta1: ti.f32, beta2: ti.f32, eps: ti.f32, weight_decay: ti.f32,
                 bias_correction1: ti.f32, bias_correction2_sqrt: ti.f32):
-    """One Adam step on a flat parameter (N,) in place, torch.optim.Adam's arithmetic (L2
+    """One Adam step on a parameter (any shape) in place, torch.optim.Adam's arithmetic (L2
     weight decay added to the gradient; bias corrections 1 - beta^t given by the caller)."""
-    for j in range(param.shape[0]):
+    for j in ti.grouped(param):
         g = grad[j] + weight_decay * param[j]
         m[j] = beta1 * m[j] + (1.0 - beta1) * g
         v[j] = beta2 * v[j] + (1.0 - beta2) * g * g
@@ -124,8 +122,8 @@ def adam_update(param: ti.types.ndarray(dtype=ti.f32, ndim=1),
 
 def adam_step(param, grad, m, v, step: int, lr: float, betas=(0.9, 0.99), eps: float = 1e-15,
               weight_decay: float = 0.0) -> None:
-    """Adam step number `step` (1, 2, ...) on flat float32 arrays param, grad, m, v (N,), in
-    place; defaults are the trainer's (instant-ngp's betas and eps)."""
+    """Adam step number `step` (1, 2, ...) on float32 arrays param, grad, m, v of one shape,
+    in place; defaults are the trainer's (instant-ngp's betas and eps)."""
     if step < 1:
         raise ValueError(f"Adam steps count from 1, got {step}")
     b1, b2 = betas

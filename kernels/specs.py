@@ -22,6 +22,9 @@ PREVIEW_T_THRESHOLD = 1e-2
 # slots, or 2^15 with a minimum of 2, 10-30% slower.
 ROUND_SAMPLES = 1 << 17
 SEGMENT_MIN = 4
+# the density is exp(raw); its gradient uses exp(min(raw, 15)), which keeps it finite
+# (instant-ngp's truncated exp)
+TRUNC_EXP_MAX = 15.0
 CHECKPOINT_NAME = "checkpoint.npz"  # what `taichi-nerf train --out RUN` writes in RUN
 
 

@@ -9,10 +9,7 @@ from torch import nn
 
 from taichi_nerf.nn import ops, profiling
 from taichi_nerf.kernels.sh import sh_dim
-from taichi_nerf.kernels.specs import HashGridSpec
-
-# exp overflows float32 past ~88; clamping the backward keeps gradients finite
-TRUNC_EXP_MAX = 15.0
+from taichi_nerf.kernels.specs import TRUNC_EXP_MAX, HashGridSpec
 
 
 class _TruncExp(torch.autograd.Function):

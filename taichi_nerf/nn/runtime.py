@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from taichi_nerf.kernels import runtime as ti_runtime
+from taichi_nerf.kernels.hash_grid import table_grad_method
 from taichi_nerf.kernels.runtime import ARCHS, ArchUnavailableError
 
 __all__ = ["ARCHS", "ArchUnavailableError", "Runtime", "init", "current", "device", "gpu_name",
@@ -38,10 +39,8 @@ class Runtime:
 
     @property
     def table_grad(self) -> str:
-        """Hash-table gradient kernel for this arch: "by_level" (few CPU cores: one task per
-        level, no atomics) or "atomic" (GPUs, Vulkan/Metal included: one thread per point and
-        level; hand-written, so it needs no autodiff, which Vulkan/Metal lack for ndarrays)."""
-        return "by_level" if self.arch == "cpu" else "atomic"
+        """Hash-table gradient kernel for this arch (kernels.hash_grid.table_grad_method)."""
+        return table_grad_method(self.arch)
 
 
 def torch_shares_device(arch: str) -> bool:

@@ -1,0 +1,180 @@
+"""The field's training step as Taichi kernels, no torch: loss, gradients and Adam on the device.
+
+For Vulkan and Metal, where torch cannot run on the device: the hash grid, both MLPs,
+the SH encoding, compositing, the colour loss and the optimizer all run as kernels on
+Taichi ndarrays, and the only value a step has to bring to the host is the loss.
+It computes exactly what the torch path (``taichi_nerf.nn.field.NGPField`` +
+``ops.composite`` + MSE + ``torch.optim.Adam``) computes for a field without
+per-image appearance codes and with every hash level on (tested against it).
+
+Gradient chain (M samples, R rays, G geometry features, S SH terms)::
+
+    enc = hash(pos)            (M, L*F)     <- table gradient (hash_grid.table_grad_method)
+    h = density_mlp(enc)       (M, G)       <- mlp_backward, input gradient wanted
+    sigma = exp(h[:, 0])       (M,)         <- trunc-exp slope exp(min(h0, 15))
+    rgb = sigmoid(colour_mlp([h, sh(dirs)]))
+    colour, T = composite(sigma, rgb)       <- composite_backward
+    loss = mean((colour + T bg - target)^2)
+"""
+from typing import Callable, List, Sequence, Tuple
+
+import numpy as np
+import taichi as ti
+
+from . import composite as composite_k
+from . import mlp as mlp_k
+from .hash_grid import hash_grid_kernels, table_grad_method
+from .runtime import current
+from .sh import sh_kernels
+from .specs import T_THRESHOLD, TRUNC_EXP_MAX, HashGridSpec
+
+
+@ti.kernel
+def _mse_and_grad(rgb: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  target: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  grad: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  loss: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    """loss[0] += mean over (R,3) of (rgb - target)^2 (zero it first); grad = its gradient."""
+    n = ti.cast(rgb.shape[0] * 3, ti.f32)
+    for r, a in ti.ndrange(rgb.shape[0], 3):
+        d = rgb[r, a] - target[r, a]
+        grad[r, a] = 2.0 * d / n
+        ti.atomic_add(loss[0], d * d / n)
+
+
+@ti.kernel
+def _geometry_grad(grad_x: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                   grad_sigma: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                   h: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                   grad_h: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    """Gradient of the density MLP's output h (M,G): the colour MLP's input gradient on its
+    first G columns, plus, on column 0, sigma's through the truncated exp."""
+    for i, k in ti.ndrange(grad_h.shape[0], grad_h.shape[1]):
+        g = grad_x[i, k]
+        if k == 0:
+            g += grad_sigma[i] * ti.exp(ti.min(h[i, 0], TRUNC_EXP_MAX))
+        grad_h[i, k] = g
+
+
+class FieldTrainingStep:
+    """A field's parameters in Taichi ndarrays and the kernels of one step's loss and gradients.
+
+    ``params`` lists the table (P,F) and each layer's weight (out,in) and bias (out,), density
+    MLP first (torch.nn.Linear layout); :meth:`gradients` returns their gradients in that order.
+    Create it after ``kernels.runtime.init``.
+    """
+
+    def __init__(self, spec: HashGridSpec, sh_degree: int, table: np.ndarray,
+                 density_layers: Sequence[Tuple[np.ndarray, np.ndarray]],
+                 color_layers: Sequence[Tuple[np.ndarray, np.ndarray]]):
+        self.spec, self.sh_degree = spec, int(sh_degree)
+        if tuple(table.shape) != (spec.n_params, spec.n_features):
+            raise ValueError(f"table shape {tuple(table.shape)} does not match the spec's "
+                             f"({spec.n_params}, {spec.n_features})")
+        self.table = self._upload(table)
+        self.density_layers = [(self._upload(w), self._upload(b)) for w, b in density_layers]
+        self.color_layers = [(self._upload(w), self._upload(b)) for w, b in color_layers]
+        self.geo_dim = int(density_layers[-1][0].shape[0])
+        n_d, n_c = len(self.density_layers), len(self.color_layers)
+        self.density_acts = ["relu"] * (n_d - 1) + ["none"]
+        self.color_acts = ["relu"] * (n_c - 1) + ["sigmoid"]
+        self._live: List[object] = []  # temporaries of the last call (see _new)
+
+    @staticmethod
+    def _upload(a: np.ndarray):
+        a = np.ascontiguousarray(a, np.float32)
+        nd = ti.ndarray(ti.f32, shape=a.shape)
+        nd.from_numpy(a)
+        return nd
+
+    @property
+    def params(self) -> list:
+        """[table, w, b, w, b, ...]: every trainable ndarray, density MLP before colour MLP."""
+        out = [self.table]
+        for w, b in self.density_layers + self.color_layers:
+            out += [w, b]
+        return out
+
+    def _new(self, dtype, shape):
+        # kept until the next call has synced: Taichi 1.7.4 on Vulkan never frees an ndarray
+        # collected while a launched kernel still uses it (see kernels/inference.py)
+        a = ti.ndarray(dtype, shape=tuple(shape))
+        self._live.append(a)
+        return a
+
+    def gradients(self, pos, dirs, t, dt, rays, bg, target,
+                  t_threshold: float = T_THRESHOLD) -> Tuple[object, list]:
+        """Packed samples pos (M,3) in [0,1], dirs (M,3) unit, t, dt (M,), rays (R,2) int32,
+        bg and target (R,3) -> (loss ndarray (1,), gradients in ``params`` order), all on
+        the device: read the loss with ``loss.to_numpy()[0]`` when it is wanted."""
+        ti.sync()
+        self._live.clear()
+        new: Callable = lambda shape: self._new(ti.f32, shape)  # noqa: E731
+        M, R = pos.shape[0], rays.shape[0]
+        hk = hash_grid_kernels(self.spec)
+        enc = new((M, self.spec.out_dim))
+        hk.forward(pos, self.table, enc)
+        h_outs = mlp_k.mlp_forward_saved(enc, self.density_layers, self.density_acts, new)
+        h = h_outs[-1]
+        sigma = new((M,))
+        mlp_k.column_activation(h, 0, sigma, "exp")
+        sh = new((M, self.sh_degree ** 2))
+        sh_kernels(self.sh_degree).encode(dirs, sh)
+        x = new((M, h.shape[1] + sh.shape[1]))
+        mlp_k.concat_columns(h, sh, x)
+        c_outs = mlp_k.mlp_forward_saved(x, self.color_layers, self.color_acts, new)
+        rgb = c_outs[-1]
+        out_rgb, depth, opacity = new((R, 3)), new((R,)), new((R,))
+        n_used = self._new(ti.i32, (R,))
+        composite_k.composite_forward(sigma, rgb, t, dt, rays, bg, float(t_threshold),
+                                      out_rgb, depth, opacity, n_used)
+        loss = new((1,))
+        loss.fill(0.0)
+        g_rgb = new((R, 3))
+        _mse_and_grad(out_rgb, target, g_rgb, loss)
+        g_depth, g_opacity = new((R,)), new((R,))
+        g_depth.fill(0.0)
+        g_opacity.fill(0.0)
+        g_sigma, g_rgbs = new((M,)), new((M, 3))
+        composite_k.composite_backward(sigma, rgb, t, dt, rays, n_used, bg, out_rgb, depth,
+                                       opacity, g_rgb, g_depth, g_opacity, g_sigma, g_rgbs)
+        c_grads, g_x = mlp_k.mlp_backward(x, self.color_layers, self.color_acts, c_outs,
+                                          g_rgbs, new, want_input_grad=True)
+        g_h = new((M, h.shape[1]))
+        _geometry_grad(g_x, g_sigma, h, g_h)
+        d_grads, g_enc = mlp_k.mlp_backward(enc, self.density_layers, self.density_acts,
+                                            h_outs, g_h, new, want_input_grad=True)
+        g_table = new((self.spec.n_params, self.spec.n_features))
+        g_table.fill(0.0)
+        if table_grad_method(current().arch) == "by_level":
+            hk.table_grad_by_level(pos, g_enc, g_table)
+        else:
+            hk.table_grad_atomic(pos, g_enc, g_table)
+        grads = [g_table]
+        for gw, gb in d_grads + c_grads:
+            grads += [gw, gb]
+        return loss, grads
+
+
+class DeviceAdam:
+    """torch.optim.Adam over ndarrays (moments on the device): one weight decay per parameter."""
+
+    def __init__(self, params: Sequence[object], lr: float, weight_decays: Sequence[float],
+                 betas=(0.9, 0.99), eps: float = 1e-15):
+        if len(weight_decays) != len(params):
+            raise ValueError(f"{len(weight_decays)} weight decays for {len(params)} parameters")
+        self.params, self.lr, self.betas, self.eps = list(params), float(lr), betas, float(eps)
+        self.weight_decays = [float(w) for w in weight_decays]
+        self.m, self.v = [], []
+        for p in self.params:
+            for moments in (self.m, self.v):
+                a = ti.ndarray(ti.f32, shape=p.shape)
+                a.fill(0.0)
+                moments.append(a)
+        self.step_count = 0
+
+    def step(self, grads: Sequence[object]) -> None:
+        """Apply one step with gradients in ``params`` order."""
+        self.step_count += 1
+        for p, g, m, v, wd in zip(self.params, grads, self.m, self.v, self.weight_decays):
+            mlp_k.adam_step(p, g, m, v, self.step_count, self.lr, self.betas, self.eps, wd)
