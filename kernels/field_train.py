@@ -102,6 +102,19 @@ class FieldTrainingStep:
         self._live.append(a)
         return a
 
+    def density(self, pos):
+        """Positions (M,3) in [0,1] ndarray -> sigma (M,) ndarray (occupancy updates); valid
+        until the next call."""
+        ti.sync()
+        self._live.clear()
+        new: Callable = lambda shape: self._new(ti.f32, shape)  # noqa: E731
+        enc = new((pos.shape[0], self.spec.out_dim))
+        hash_grid_kernels(self.spec).forward(pos, self.table, enc)
+        h = mlp_k.mlp_forward(enc, self.density_layers, self.density_acts, new)
+        sigma = new((pos.shape[0],))
+        mlp_k.column_activation(h, 0, sigma, "exp")
+        return sigma
+
     def gradients(self, pos, dirs, t, dt, rays, bg, target,
                   t_threshold: float = T_THRESHOLD) -> Tuple[object, list]:
         """Packed samples pos (M,3) in [0,1], dirs (M,3) unit, t, dt (M,), rays (R,2) int32,
