@@ -15,7 +15,7 @@ from . import mlp as mlp_k
 from .camera import generate_rays
 from .checkpoint_io import read_checkpoint
 from .hash_grid import checkpoint_table, hash_grid_kernels
-from .march import march_kernels, segment_length
+from .march import march_kernels, renders_whole, segment_length
 from .occupancy import checkpoint_bitfield
 from .sh import sh_kernels
 from .specs import T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec
@@ -69,6 +69,12 @@ def _gather_samples(keep: ti.types.ndarray(dtype=ti.i32, ndim=1),
         for a in ti.static(range(3)):
             out_pos[j, a] = pos[r, a]
             out_dirs[j, a] = dirs[r, a]
+
+
+@ti.kernel
+def _fill_rows(a: ti.types.ndarray(dtype=ti.f32, ndim=2), v: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    for i, k in ti.ndrange(a.shape[0], a.shape[1]):
+        a[i, k] = v[k]
 
 
 class NerfModel:
@@ -153,8 +159,11 @@ class NerfModel:
         """Model-space rays (R,3) ndarrays, bg (3,) -> numpy rgb (R,3), depth (R,), opacity (R,);
         a ray ends once its transmittance is below t_threshold. The rays are walked in
         segments and each leaves the batch when it ends, as the torch renderer's
-        ``render_rays_segmented`` does (the same kernels and rule)."""
+        ``render_rays_segmented`` does (the same kernels and rule); few rays
+        (``march.renders_whole``) are walked whole in one pass."""
         R = rays_o.shape[0]
+        if renders_whole(R, self.march):
+            return self._render_rays_whole(rays_o, rays_d, bg, t_threshold)
         k = march_kernels(self.occ, self.march)
         t, t_far = self._new(ti.f32, (R,)), self._new(ti.f32, (R,))
         k.start(rays_o, rays_d, t, t_far)
@@ -200,6 +209,43 @@ class NerfModel:
         T_np = T.to_numpy()
         out = {"rgb": colour.to_numpy() + T_np[:, None] * np.asarray(bg, np.float32)[None, :],
                "depth": depth.to_numpy(), "opacity": 1.0 - T_np}
+        self._release()
+        return out
+
+    def _render_rays_whole(self, rays_o, rays_d, bg: np.ndarray,
+                           t_threshold: float) -> Dict[str, np.ndarray]:
+        """render_rays in one pass: every ray walked whole, then composited (few rays)."""
+        R = rays_o.shape[0]
+        k = march_kernels(self.occ, self.march)
+        counts = self._new(ti.i32, (R,))
+        no_jitter = self._new(ti.f32, (R,))
+        no_jitter.fill(0.0)
+        k.count(rays_o, rays_d, no_jitter, self.bitfield, counts)
+        c = counts.to_numpy()
+        starts_np = (np.cumsum(c) - c).astype(np.int32)
+        M = int(c.sum())
+        if M == 0:
+            self._release()
+            return {"rgb": np.broadcast_to(np.asarray(bg, np.float32), (R, 3)).copy(),
+                    "depth": np.zeros(R, np.float32), "opacity": np.zeros(R, np.float32)}
+        rgb, depth, opacity = self._new(ti.f32, (R, 3)), self._new(ti.f32, (R,)), \
+            self._new(ti.f32, (R,))
+        bg_rows = self._new(ti.f32, (R, 3))
+        _fill_rows(bg_rows, np.asarray(bg, np.float32))
+        starts = self._new(ti.i32, (R,))
+        starts.from_numpy(starts_np)
+        t, dt = self._new(ti.f32, (M,)), self._new(ti.f32, (M,))
+        pos, dirs = self._new(ti.f32, (M, 3)), self._new(ti.f32, (M, 3))
+        ray_index = self._new(ti.i32, (M,))
+        k.fill(rays_o, rays_d, no_jitter, self.bitfield, starts, counts, t, dt, pos, dirs,
+               ray_index)
+        sigma, colour = self.field(pos, dirs)
+        rays = self._new(ti.i32, (R, 2))
+        rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))
+        n_used = self._new(ti.i32, (R,))
+        composite_k.composite_forward(sigma, colour, t, dt, rays, bg_rows, float(t_threshold),
+                                      rgb, depth, opacity, n_used)
+        out = {"rgb": rgb.to_numpy(), "depth": depth.to_numpy(), "opacity": opacity.to_numpy()}
         self._release()
         return out
 

@@ -15,7 +15,7 @@ import taichi as ti
 
 from .occupancy import cascade_of, cell_coords, cell_index, is_occupied
 from .rays import ray_aabb, row3, safe_inv
-from .specs import ROUND_SAMPLES, SEGMENT_MIN, MarchSpec, OccupancySpec
+from .specs import ROUND_SAMPLES, SEGMENT_MIN, WHOLE_WALK_SLOTS, MarchSpec, OccupancySpec
 
 
 class MarchFuncs(NamedTuple):
@@ -257,6 +257,12 @@ class MarchKernels:
         self.fill = fill
         self.start = start
         self.segment = segment
+
+
+def renders_whole(n_rays: int, march: MarchSpec) -> bool:
+    """Whether a render of `n_rays` rays walks them whole in one pass (count, fill, then
+    composite) rather than in segments: when they fit WHOLE_WALK_SLOTS at max_samples each."""
+    return n_rays * march.max_samples <= WHOLE_WALK_SLOTS
 
 
 def segment_length(n_going: int, march: MarchSpec, round_samples: int = ROUND_SAMPLES) -> int:

@@ -1,5 +1,6 @@
 """Rendering in pieces (march_segment + composite_resume): the same samples and values as
 one whole walk, on random inputs against the float64 reference, and on a trained run."""
+import numpy as np
 import pytest
 import torch
 
@@ -140,3 +141,36 @@ def test_render_benchmark_reports_each_mode(trained, cpu_runtime, capsys):
     assert render_segments.main([str(out), "--size", "16", "--views", "1", "--repeats", "1"]) == 0
     table = capsys.readouterr().out
     assert table.strip().count("\n") == 4 and "whole walk" in table and "preview" in table
+
+
+def test_few_rays_are_walked_whole_and_give_the_same_image(trained, scene_dir, cpu_runtime,
+                                                           monkeypatch):
+    from taichi_nerf.kernels import march as march_mod
+    from taichi_nerf.kernels.inference import NerfModel
+    from taichi_nerf.nn.renderer import Renderer
+
+    out, _ = trained
+    _, renderer, scene = load_model(out / "checkpoint.npz")
+    test = load_dataset(scene_dir, "test", scene=scene)
+    pose = test.transform_poses()[0]
+    size = 16
+    march = renderer.grid.march
+    assert march_mod.renders_whole(size * size, march)
+    assert not march_mod.renders_whole(march_mod.WHOLE_WALK_SLOTS // march.max_samples + 1, march)
+    args = (torch.from_numpy(pose), torch.from_numpy(test.intrinsics[0]),
+            torch.from_numpy(test.distortion[0]), size, size, torch.ones(3))
+    model = NerfModel.load(str(out / "checkpoint.npz"))
+    small = renderer.render_image(*args)
+    small_model = model.render_image(pose, test.intrinsics[0], size, size)
+    # the same frames forced through segments
+    monkeypatch.setattr(march_mod, "WHOLE_WALK_SLOTS", 0)
+    called = []
+    original = Renderer.render_rays_segmented
+    monkeypatch.setattr(Renderer, "render_rays_segmented",
+                        lambda self, *a, **k: called.append(1) or original(self, *a, **k))
+    seg = renderer.render_image(*args)
+    seg_model = model.render_image(pose, test.intrinsics[0], size, size)
+    assert called  # the second render did go through segments
+    for k in ("rgb", "depth", "opacity"):
+        assert float((small[k] - seg[k]).abs().max()) < 1e-5, k
+        assert float(np.abs(small_model[k] - seg_model[k]).max()) < 1e-5, k

@@ -8,7 +8,7 @@ import torch
 from taichi_nerf.nn import losses, ops, profiling
 from taichi_nerf.nn.cameras import generate_rays, pixel_grid
 from taichi_nerf.nn.field import NGPField
-from taichi_nerf.kernels.march import segment_length
+from taichi_nerf.kernels.march import renders_whole, segment_length
 from taichi_nerf.kernels.specs import ROUND_SAMPLES, T_THRESHOLD
 from taichi_nerf.nn.occupancy import OccupancyGrid
 
@@ -37,14 +37,16 @@ class Renderer:
                     max_samples: Optional[int] = None,
                     jitter: Optional[torch.Tensor] = None,
                     near_grad_distance: float = 0.0,
-                    image: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                    image: Optional[torch.Tensor] = None,
+                    t_threshold: float = T_THRESHOLD) -> Dict[str, torch.Tensor]:
         """rays (R,3) model space, bg (R,3) -> rgb (R',3), depth (R',) model units, opacity (R',),
         n_samples, n_used (R',) samples before termination, n_rays = R'. With `max_samples`,
         only the first R' rays whose samples fit are rendered (at least one): a batch never
         balloons when the occupancy grid changes. jitter (R,): start offsets (training).
         near_grad_distance > 0: gradients of samples nearer than that (model units) shrink
         as (t / distance)^2 (training). image (R,): training-image index of each ray, for
-        the field's appearance codes (None: the mean code, as for any new view)."""
+        the field's appearance codes (None: the mean code, as for any new view). A ray ends
+        once its transmittance is below t_threshold."""
         with profiling.stage(profiling.MARCH):
             s = self.grid.sample(rays_o, rays_d, jitter)
             n_rays = rays_o.shape[0]
@@ -66,7 +68,7 @@ class Renderer:
             k = losses.near_gradient_scale(s.t, near_grad_distance)
             sigma, rgb = losses.scale_gradient(sigma, k), losses.scale_gradient(rgb, k)
         out_rgb, depth, opacity, n_used = ops.composite(sigma, rgb, s.t, s.dt, s.rays, bg,
-                                                        T_THRESHOLD)
+                                                        t_threshold)
         return {"rgb": out_rgb, "depth": depth, "opacity": opacity,
                 "n_samples": s.n_samples, "n_used": n_used, "n_rays": n_rays,
                 "sigma": sigma, "samples": s}
@@ -123,8 +125,11 @@ class Renderer:
         outs = {"rgb": [], "depth": [], "opacity": []}
         for i in range(0, o.shape[0], chunk):
             oc, dc = o[i:i + chunk], d[i:i + chunk]
-            r = self.render_rays_segmented(oc, dc, bg.reshape(1, 3).expand(oc.shape[0], 3),
-                                           t_threshold)
+            bgc = bg.reshape(1, 3).expand(oc.shape[0], 3)
+            if renders_whole(oc.shape[0], self.grid.march):  # few rays: one pass is cheaper
+                r = self.render_rays(oc, dc, bgc.contiguous(), t_threshold=t_threshold)
+            else:
+                r = self.render_rays_segmented(oc, dc, bgc, t_threshold)
             for k in outs:
                 outs[k].append(r[k])
         return {"rgb": torch.cat(outs["rgb"]).reshape(height, width, 3),
