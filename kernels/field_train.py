@@ -16,16 +16,16 @@ Gradient chain (M samples, R rays, G geometry features, S SH terms)::
     colour, T = composite(sigma, rgb)       <- composite_backward
     loss = mean((colour + T bg - target)^2)
 """
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import numpy as np
 import taichi as ti
 
 from . import composite as composite_k
 from . import mlp as mlp_k
+from .field_arrays import Temporaries, activations, field_forward, upload
 from .hash_grid import hash_grid_kernels, table_grad_method
 from .runtime import current
-from .sh import sh_kernels
 from .specs import T_THRESHOLD, TRUNC_EXP_MAX, HashGridSpec
 
 
@@ -71,21 +71,12 @@ class FieldTrainingStep:
         if tuple(table.shape) != (spec.n_params, spec.n_features):
             raise ValueError(f"table shape {tuple(table.shape)} does not match the spec's "
                              f"({spec.n_params}, {spec.n_features})")
-        self.table = self._upload(table)
-        self.density_layers = [(self._upload(w), self._upload(b)) for w, b in density_layers]
-        self.color_layers = [(self._upload(w), self._upload(b)) for w, b in color_layers]
-        self.geo_dim = int(density_layers[-1][0].shape[0])
-        n_d, n_c = len(self.density_layers), len(self.color_layers)
-        self.density_acts = ["relu"] * (n_d - 1) + ["none"]
-        self.color_acts = ["relu"] * (n_c - 1) + ["sigmoid"]
-        self._live: List[object] = []  # temporaries of the last call (see _new)
-
-    @staticmethod
-    def _upload(a: np.ndarray):
-        a = np.ascontiguousarray(a, np.float32)
-        nd = ti.ndarray(ti.f32, shape=a.shape)
-        nd.from_numpy(a)
-        return nd
+        self.table = upload(table)
+        self.density_layers = [(upload(w), upload(b)) for w, b in density_layers]
+        self.color_layers = [(upload(w), upload(b)) for w, b in color_layers]
+        self.density_acts = activations(len(self.density_layers), "none")
+        self.color_acts = activations(len(self.color_layers), "sigmoid")
+        self._tmp = Temporaries()  # the last call's arrays, kept until the next call syncs
 
     @property
     def params(self) -> list:
@@ -95,50 +86,25 @@ class FieldTrainingStep:
             out += [w, b]
         return out
 
-    def _new(self, dtype, shape):
-        # kept until the next call has synced: Taichi 1.7.4 on Vulkan never frees an ndarray
-        # collected while a launched kernel still uses it (see kernels/inference.py)
-        a = ti.ndarray(dtype, shape=tuple(shape))
-        self._live.append(a)
-        return a
-
     def density(self, pos):
         """Positions (M,3) in [0,1] ndarray -> sigma (M,) ndarray (occupancy updates); valid
         until the next call."""
-        ti.sync()
-        self._live.clear()
-        new: Callable = lambda shape: self._new(ti.f32, shape)  # noqa: E731
-        enc = new((pos.shape[0], self.spec.out_dim))
-        hash_grid_kernels(self.spec).forward(pos, self.table, enc)
-        h = mlp_k.mlp_forward(enc, self.density_layers, self.density_acts, new)
-        sigma = new((pos.shape[0],))
-        mlp_k.column_activation(h, 0, sigma, "exp")
-        return sigma
+        self._tmp.release()
+        return field_forward(self.spec, self.table, self.density_layers, pos, self._tmp).sigma
 
     def gradients(self, pos, dirs, t, dt, rays, bg, target,
                   t_threshold: float = T_THRESHOLD) -> Tuple[object, list]:
         """Packed samples pos (M,3) in [0,1], dirs (M,3) unit, t, dt (M,), rays (R,2) int32,
         bg and target (R,3) -> (loss ndarray (1,), gradients in ``params`` order), all on
         the device: read the loss with ``loss.to_numpy()[0]`` when it is wanted."""
-        ti.sync()
-        self._live.clear()
-        new: Callable = lambda shape: self._new(ti.f32, shape)  # noqa: E731
+        self._tmp.release()
+        new: Callable = self._tmp.f32
         M, R = pos.shape[0], rays.shape[0]
-        hk = hash_grid_kernels(self.spec)
-        enc = new((M, self.spec.out_dim))
-        hk.forward(pos, self.table, enc)
-        h_outs = mlp_k.mlp_forward_saved(enc, self.density_layers, self.density_acts, new)
-        h = h_outs[-1]
-        sigma = new((M,))
-        mlp_k.column_activation(h, 0, sigma, "exp")
-        sh = new((M, self.sh_degree ** 2))
-        sh_kernels(self.sh_degree).encode(dirs, sh)
-        x = new((M, h.shape[1] + sh.shape[1]))
-        mlp_k.concat_columns(h, sh, x)
-        c_outs = mlp_k.mlp_forward_saved(x, self.color_layers, self.color_acts, new)
-        rgb = c_outs[-1]
+        f = field_forward(self.spec, self.table, self.density_layers, pos, self._tmp,
+                          self.sh_degree, self.color_layers, dirs)
+        h, sigma, x, rgb = f.density_outs[-1], f.sigma, f.x, f.color_outs[-1]
         out_rgb, depth, opacity = new((R, 3)), new((R,)), new((R,))
-        n_used = self._new(ti.i32, (R,))
+        n_used = self._tmp.new(ti.i32, (R,))
         composite_k.composite_forward(sigma, rgb, t, dt, rays, bg, float(t_threshold),
                                       out_rgb, depth, opacity, n_used)
         loss = new((1,))
@@ -151,14 +117,15 @@ class FieldTrainingStep:
         g_sigma, g_rgbs = new((M,)), new((M, 3))
         composite_k.composite_backward(sigma, rgb, t, dt, rays, n_used, bg, out_rgb, depth,
                                        opacity, g_rgb, g_depth, g_opacity, g_sigma, g_rgbs)
-        c_grads, g_x = mlp_k.mlp_backward(x, self.color_layers, self.color_acts, c_outs,
+        c_grads, g_x = mlp_k.mlp_backward(x, self.color_layers, self.color_acts, f.color_outs,
                                           g_rgbs, new, want_input_grad=True)
         g_h = new((M, h.shape[1]))
         _geometry_grad(g_x, g_sigma, h, g_h)
-        d_grads, g_enc = mlp_k.mlp_backward(enc, self.density_layers, self.density_acts,
-                                            h_outs, g_h, new, want_input_grad=True)
+        d_grads, g_enc = mlp_k.mlp_backward(f.enc, self.density_layers, self.density_acts,
+                                            f.density_outs, g_h, new, want_input_grad=True)
         g_table = new((self.spec.n_params, self.spec.n_features))
         g_table.fill(0.0)
+        hk = hash_grid_kernels(self.spec)
         if table_grad_method(current().arch) == "by_level":
             hk.table_grad_by_level(pos, g_enc, g_table)
         else:

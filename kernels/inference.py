@@ -11,13 +11,12 @@ import numpy as np
 import taichi as ti
 
 from . import composite as composite_k
-from . import mlp as mlp_k
 from .camera import generate_rays
 from .checkpoint_io import read_checkpoint
-from .hash_grid import checkpoint_table, hash_grid_kernels
-from .march import march_kernels, renders_whole, segment_length
+from .field_arrays import Temporaries, field_forward, upload
+from .hash_grid import checkpoint_table
+from .march import march_kernels, renders_whole, segment_continues, segment_length
 from .occupancy import checkpoint_bitfield
-from .sh import sh_kernels
 from .specs import T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec
 
 
@@ -86,27 +85,21 @@ class NerfModel:
         self.sh_degree = int(f["sh_degree"])
         self.occ = OccupancySpec(**config["occupancy"])
         self.march = MarchSpec(**config["march"])
-        self._live: List[object] = []  # temporaries of the current call (see _new)
+        self._tmp = Temporaries()
+        self._live = self._tmp.live  # temporaries of the current call (see _new)
         self.scene_scale = float(config["scene"]["scale"])
         self.scene_offset = np.asarray(config["scene"]["offset"], np.float32)
         self.background = np.asarray(config.get("background") or [0, 0, 0], np.float32)
         self.config = config
-        self.table = self._upload(checkpoint_table(arrays, self.grid_spec))
-        self.density_layers = [(self._upload(w), self._upload(b))
+        self.table = upload(checkpoint_table(arrays, self.grid_spec))
+        self.density_layers = [(upload(w), upload(b))
                                for w, b in _linear_layers(arrays, "field/density_net.")]
-        self.color_layers = [(self._upload(w), self._upload(b))
+        self.color_layers = [(upload(w), upload(b))
                              for w, b in color_layers(arrays)]
         self.bitfield = ti.ndarray(ti.i32, shape=(self.occ.n_words,))
         self.bitfield.from_numpy(checkpoint_bitfield(config, arrays))
         lo, hi = self.occ.aabb
         self.lo, self.size = lo[0], hi[0] - lo[0]
-
-    @staticmethod
-    def _upload(a: np.ndarray):
-        a = np.ascontiguousarray(a, np.float32)
-        nd = ti.ndarray(ti.f32, shape=a.shape)
-        nd.from_numpy(a)
-        return nd
 
     @classmethod
     def load(cls, path: str) -> "NerfModel":
@@ -120,39 +113,20 @@ class NerfModel:
         return m
 
     def _new(self, dtype, shape) -> object:
-        """A temporary ndarray, kept alive until :meth:`_release` (after a sync)."""
-        # Taichi 1.7.4 on Vulkan never frees an ndarray that is garbage-collected
-        # while a launched kernel still uses it (measured: 12 MB lost per 50k x 64
-        # buffer; a viewer went past 20 GB in minutes). Dropping temporaries only
-        # after ti.sync() frees them on every arch.
-        a = ti.ndarray(dtype, shape=shape)
-        self._live.append(a)
-        return a
+        """A temporary ndarray, kept alive until :meth:`_release` (see field_arrays.Temporaries)."""
+        return self._tmp.new(dtype, shape)
 
     def _release(self) -> None:
         """Wait for the launched kernels, then drop the temporaries of the last call."""
-        ti.sync()
-        self._live.clear()
+        self._tmp.release()
 
     def field(self, pos, dirs) -> Tuple[object, object]:
         """Model-space positions, unit dirs (M,3) ndarrays -> sigma (M,), rgb (M,3) ndarrays."""
-        M = pos.shape[0]
-        unit = self._new(ti.f32, (M, 3))
+        unit = self._new(ti.f32, (pos.shape[0], 3))
         _to_unit(pos, self.lo, 1.0 / self.size, unit)
-        enc = self._new(ti.f32, (M, self.grid_spec.out_dim))
-        hash_grid_kernels(self.grid_spec).forward(unit, self.table, enc)
-        alloc = lambda shape: self._new(ti.f32, shape)  # noqa: E731
-        n_d = len(self.density_layers)
-        h = mlp_k.mlp_forward(enc, self.density_layers, ["relu"] * (n_d - 1) + ["none"], alloc)
-        sigma = self._new(ti.f32, (M,))
-        mlp_k.column_activation(h, 0, sigma, "exp")
-        sh = self._new(ti.f32, (M, self.sh_degree ** 2))
-        sh_kernels(self.sh_degree).encode(dirs, sh)
-        x = self._new(ti.f32, (M, h.shape[1] + sh.shape[1]))
-        mlp_k.concat_columns(h, sh, x)
-        n_c = len(self.color_layers)
-        rgb = mlp_k.mlp_forward(x, self.color_layers, ["relu"] * (n_c - 1) + ["sigmoid"], alloc)
-        return sigma, rgb
+        p = field_forward(self.grid_spec, self.table, self.density_layers, unit, self._tmp,
+                          self.sh_degree, self.color_layers, dirs)
+        return p.sigma, p.color_outs[-1]
 
     def render_rays(self, rays_o, rays_d, bg: np.ndarray,
                     t_threshold: float = T_THRESHOLD) -> Dict[str, np.ndarray]:
@@ -205,8 +179,8 @@ class NerfModel:
             # this round's temporaries go once its kernels are done (Vulkan, see _new); the
             # rays' running state stays referenced here
             self._release()
-            going = going[(c == limit) & (T_np[going] >= t_threshold)]
-        T_np = T.to_numpy()
+            going = going[segment_continues(c, limit, T_np[going], t_threshold)]
+        # T_np is current: T changes only where a round had samples, which then read it
         out = {"rgb": colour.to_numpy() + T_np[:, None] * np.asarray(bg, np.float32)[None, :],
                "depth": depth.to_numpy(), "opacity": 1.0 - T_np}
         self._release()

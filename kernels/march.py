@@ -265,6 +265,13 @@ def renders_whole(n_rays: int, march: MarchSpec) -> bool:
     return n_rays * march.max_samples <= WHOLE_WALK_SLOTS
 
 
+def segment_continues(counts, limit: int, T, t_threshold: float):
+    """Which rays of a segment go on (numpy or torch arrays alike): those whose walk filled
+    the segment (neither left the box nor reached max_samples) and that are not opaque yet
+    (T, their transmittance, at or above t_threshold)."""
+    return (counts == limit) & (T >= t_threshold)
+
+
 def segment_length(n_going: int, march: MarchSpec, round_samples: int = ROUND_SAMPLES) -> int:
     """Samples per ray in the next segment of a render walked in pieces, `n_going` rays
     still going: the round's slots shared out, at least SEGMENT_MIN, at most max_samples."""

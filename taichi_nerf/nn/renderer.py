@@ -8,7 +8,7 @@ import torch
 from taichi_nerf.nn import losses, ops, profiling
 from taichi_nerf.nn.cameras import generate_rays, pixel_grid
 from taichi_nerf.nn.field import NGPField
-from taichi_nerf.kernels.march import renders_whole, segment_length
+from taichi_nerf.kernels.march import renders_whole, segment_continues, segment_length
 from taichi_nerf.kernels.specs import ROUND_SAMPLES, T_THRESHOLD
 from taichi_nerf.nn.occupancy import OccupancyGrid
 
@@ -102,10 +102,7 @@ class Renderer:
                 sigma, rgb = self.field(self.to_unit(s.positions), s.dirs, None)
                 ops.composite_resume(sigma, rgb, s, ids, T, colour, depth, t_threshold)
                 n_samples += s.n_samples
-            # a ray goes on while its walk filled the segment (it neither left the box nor
-            # reached max_samples) and it is not opaque yet
-            go_on = (counts == limit) & (T[ids.long()] >= t_threshold)
-            ids = ids[go_on]
+            ids = ids[segment_continues(counts, limit, T[ids.long()], t_threshold)]
         return {"rgb": colour + T[:, None] * bg, "depth": depth, "opacity": 1.0 - T,
                 "n_samples": n_samples}
 
