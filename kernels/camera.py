@@ -74,6 +74,19 @@ def camera_ray(u, v, intr, dist, rot, origin):
     return origin, d / d.norm()
 
 
+@ti.func
+def pose_ray(u, v, c, intrinsics: ti.template(), distortion: ti.template(), c2w: ti.template()):
+    """Pixel (u, v) of camera c, whose intrinsics (N,4) fx fy cx cy, distortion (N,4) and pose
+    c2w (N,3|4,4) are rows of arrays -> (origin, unit direction) in the pose's space."""
+    intr = ti.Vector([intrinsics[c, 0], intrinsics[c, 1], intrinsics[c, 2], intrinsics[c, 3]])
+    dist = ti.Vector([distortion[c, 0], distortion[c, 1], distortion[c, 2], distortion[c, 3]])
+    rot = ti.Matrix([[c2w[c, 0, 0], c2w[c, 0, 1], c2w[c, 0, 2]],
+                     [c2w[c, 1, 0], c2w[c, 1, 1], c2w[c, 1, 2]],
+                     [c2w[c, 2, 0], c2w[c, 2, 1], c2w[c, 2, 2]]])
+    t = ti.Vector([c2w[c, 0, 3], c2w[c, 1, 3], c2w[c, 2, 3]])
+    return camera_ray(u, v, intr, dist, rot, t)
+
+
 # Where a ray with an out-of-range camera index starts, and its direction: far outside any
 # model box (at most MAX_AABB_SCALE wide around 0.5) and pointing away from it, so marching
 # finds no sample. Finite on purpose: NaN rays could walk forever (NaN never ends a walk,
@@ -105,15 +118,7 @@ def generate_rays(pix: ti.types.ndarray(dtype=ti.f32, ndim=2),
                 rays_o[r, k] = MISS_ORIGIN
                 rays_d[r, k] = MISS_DIR
         else:
-            intr = ti.Vector([intrinsics[c, 0], intrinsics[c, 1], intrinsics[c, 2],
-                              intrinsics[c, 3]])
-            dist = ti.Vector([distortion[c, 0], distortion[c, 1], distortion[c, 2],
-                              distortion[c, 3]])
-            rot = ti.Matrix([[c2w[c, 0, 0], c2w[c, 0, 1], c2w[c, 0, 2]],
-                             [c2w[c, 1, 0], c2w[c, 1, 1], c2w[c, 1, 2]],
-                             [c2w[c, 2, 0], c2w[c, 2, 1], c2w[c, 2, 2]]])
-            t = ti.Vector([c2w[c, 0, 3], c2w[c, 1, 3], c2w[c, 2, 3]])
-            o, d = camera_ray(pix[r, 0], pix[r, 1], intr, dist, rot, t)
+            o, d = pose_ray(pix[r, 0], pix[r, 1], c, intrinsics, distortion, c2w)
             for k in ti.static(range(3)):
                 rays_o[r, k] = o[k]
                 rays_d[r, k] = d[k]

@@ -16,7 +16,7 @@ Gradient chain (M samples, R rays, G geometry features, S SH terms)::
     colour, T = composite(sigma, rgb)       <- composite_backward
     loss = mean((colour + T bg - target)^2)
 """
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import taichi as ti
@@ -31,15 +31,19 @@ from .specs import T_THRESHOLD, TRUNC_EXP_MAX, HashGridSpec
 
 @ti.kernel
 def _mse_and_grad(rgb: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                  target: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  target: ti.types.ndarray(dtype=ti.f32, ndim=2), n_rays: ti.i32,
                   grad: ti.types.ndarray(dtype=ti.f32, ndim=2),
                   loss: ti.types.ndarray(dtype=ti.f32, ndim=1)):
-    """loss[0] += mean over (R,3) of (rgb - target)^2 (zero it first); grad = its gradient."""
-    n = ti.cast(rgb.shape[0] * 3, ti.f32)
+    """loss[0] += mean over the first n_rays rows (and 3 channels) of (rgb - target)^2 (zero
+    it first); grad = its gradient (0 on the other rows)."""
+    n = ti.cast(n_rays * 3, ti.f32)
     for r, a in ti.ndrange(rgb.shape[0], 3):
-        d = rgb[r, a] - target[r, a]
-        grad[r, a] = 2.0 * d / n
-        ti.atomic_add(loss[0], d * d / n)
+        g = 0.0
+        if r < n_rays:
+            d = rgb[r, a] - target[r, a]
+            g = 2.0 * d / n
+            ti.atomic_add(loss[0], d * d / n)
+        grad[r, a] = g
 
 
 @ti.kernel
@@ -93,10 +97,12 @@ class FieldTrainingStep:
         return field_forward(self.spec, self.table, self.density_layers, pos, self._tmp).sigma
 
     def gradients(self, pos, dirs, t, dt, rays, bg, target,
-                  t_threshold: float = T_THRESHOLD) -> Tuple[object, list]:
+                  t_threshold: float = T_THRESHOLD,
+                  n_rays: Optional[int] = None) -> Tuple[object, list]:
         """Packed samples pos (M,3) in [0,1], dirs (M,3) unit, t, dt (M,), rays (R,2) int32,
         bg and target (R,3) -> (loss ndarray (1,), gradients in ``params`` order), all on
-        the device: read the loss with ``loss.to_numpy()[0]`` when it is wanted."""
+        the device: read the loss with ``loss.to_numpy()[0]`` when it is wanted. The loss
+        is the mean over the first n_rays rays (default all; the rest have no samples)."""
         self._tmp.release()
         new: Callable = self._tmp.f32
         M, R = pos.shape[0], rays.shape[0]
@@ -110,7 +116,7 @@ class FieldTrainingStep:
         loss = new((1,))
         loss.fill(0.0)
         g_rgb = new((R, 3))
-        _mse_and_grad(out_rgb, target, g_rgb, loss)
+        _mse_and_grad(out_rgb, target, R if n_rays is None else int(n_rays), g_rgb, loss)
         g_depth, g_opacity = new((R,)), new((R,))
         g_depth.fill(0.0)
         g_opacity.fill(0.0)

@@ -7,6 +7,7 @@ the bitfield lives in 32-bit word i // 32 (stored as int32).
 import numpy as np
 import taichi as ti
 
+from .rng import uniform
 from .specs import OccupancySpec
 
 
@@ -87,10 +88,8 @@ UNSEEN = -1.0
 UNVISITED = float("inf")
 
 
-@ti.kernel
-def pack_bitfield(density: ti.types.ndarray(dtype=ti.f32, ndim=1), threshold: ti.f32,
-                  bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1)):
-    """density (n_cells,) -> bitfield (n_words,): bit set where density > threshold."""
+@ti.func
+def _pack_words(density: ti.template(), threshold, bitfield: ti.template()):
     n = density.shape[0]
     for w in range(bitfield.shape[0]):
         bits = ti.u32(0)
@@ -99,6 +98,20 @@ def pack_bitfield(density: ti.types.ndarray(dtype=ti.f32, ndim=1), threshold: ti
             if i < n and density[i] > threshold:
                 bits |= ti.u32(1) << ti.cast(b, ti.u32)
         bitfield[w] = ti.cast(bits, ti.i32)
+
+
+@ti.kernel
+def pack_bitfield(density: ti.types.ndarray(dtype=ti.f32, ndim=1), threshold: ti.f32,
+                  bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    """density (n_cells,) -> bitfield (n_words,): bit set where density > threshold."""
+    _pack_words(density, threshold, bitfield)
+
+
+@ti.kernel
+def _pack_bitfield_at(density: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                      threshold: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                      bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    _pack_words(density, threshold[0], bitfield)
 
 
 @ti.kernel
@@ -135,9 +148,52 @@ def build_bitfield(density, resolution: int, n_cascades: int, bitfield) -> float
     torch or Taichi ndarrays."""
     threshold = occupancy_threshold(density, resolution ** 3)
     pack_bitfield(density, threshold, bitfield)
+    _pool_cascades(bitfield, resolution, n_cascades)
+    return threshold
+
+
+def _pool_cascades(bitfield, resolution: int, n_cascades: int) -> None:
     for c in range(1, n_cascades):
         _pool_into_coarser(bitfield, c, resolution)
-    return threshold
+
+
+_SUM_BLOCK = 1024  # cells per partial sum of the device threshold
+
+
+@ti.kernel
+def _threshold_on_device(density: ti.types.ndarray(dtype=ti.f32, ndim=1), n_head: ti.i32,
+                         partials: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                         out: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    # float32 sums in blocks, then of the blocks, in a fixed order: one running float32 sum
+    # of 2M cells is off by ~1e-3 relative, and an untrained field's cells all sit near
+    # the mean, so that error alone marked every cell occupied (measured)
+    for blk in range(partials.shape[0]):
+        total = 0.0
+        for i in range(blk * _SUM_BLOCK, ti.min((blk + 1) * _SUM_BLOCK, n_head)):
+            v = density[i]
+            if 0.0 < v < 3.0e38:  # unseen (-1) and unvisited (inf) count as 0
+                total += v
+        partials[blk] = total
+    for _ in range(1):
+        total = 0.0
+        for blk in range(partials.shape[0]):
+            total += partials[blk]
+        out[0] = ti.min(MIN_OPTICAL_THICKNESS, total / ti.cast(n_head, ti.f32))
+
+
+def threshold_partials(resolution: int):
+    """The scratch array (blocks,) that :func:`build_bitfield_on_device` sums into."""
+    return ti.ndarray(ti.f32, shape=(-(-resolution ** 3 // _SUM_BLOCK),))
+
+
+def build_bitfield_on_device(density, resolution: int, n_cascades: int, bitfield,
+                             threshold, partials) -> None:
+    """:func:`build_bitfield` with the threshold computed into and read from `threshold`
+    (1,) on the device, nothing brought to the host (the device training path); partials
+    from :func:`threshold_partials`."""
+    _threshold_on_device(density, resolution ** 3, partials, threshold)
+    _pack_bitfield_at(density, threshold, bitfield)
+    _pool_cascades(bitfield, resolution, n_cascades)
 
 
 def unpack_bitfield(bitfield: np.ndarray, n_cells: int) -> np.ndarray:
@@ -178,16 +234,94 @@ def mark_unseen(res: ti.i32, c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
         density[i] = UNVISITED if seen else UNSEEN
 
 
+@ti.func
+def cell_point(i, jitter, res):
+    """Flat cell i, offset jitter (vec3 in [0,1) cell units) -> model-space point."""
+    c, cell = cell_of_index(i, res)
+    size = ti.cast(1 << c, ti.f32)
+    return 0.5 + size * ((ti.cast(cell, ti.f32) + jitter) / res - 0.5)
+
+
 @ti.kernel
 def cell_centers(res: ti.i32, idx: ti.types.ndarray(dtype=ti.i32, ndim=1),
                  jitter: ti.types.ndarray(dtype=ti.f32, ndim=2),
                  out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
     """Model-space points in cells `idx` (K,) at offset jitter (K,3) in [0,1) cell units -> out (K,3)."""
     for k in range(idx.shape[0]):
-        c, cell = cell_of_index(idx[k], res)
-        size = ti.cast(1 << c, ti.f32)
+        p = cell_point(idx[k], ti.Vector([jitter[k, 0], jitter[k, 1], jitter[k, 2]]), res)
         for a in ti.static(range(3)):
-            out[k, a] = 0.5 + size * ((ti.cast(cell[a], ti.f32) + jitter[k, a]) / res - 0.5)
+            out[k, a] = p[a]
+
+
+# ---------------------------------------------------------------- updates on the device
+# The host grid (``taichi_nerf.nn.occupancy.OccupancyGrid.update``) picks cells with torch's
+# generator; the device training path picks them here with counter-based draws (kernels.rng)
+# and applies the same EMA. Its picks of occupied cells are by rejection (instant-ngp's way):
+# up to OCCUPIED_TRIES random cells, the first occupied one, else the last one tried.
+SWEEP, CURSOR, RANDOM = 0, 1, 2  # which cells an update visits (see OccupancyGrid.update)
+OCCUPIED_TRIES = 32
+_DRAWS_PER_PICK = OCCUPIED_TRIES + 3
+
+
+@ti.kernel
+def pick_cells(mode: ti.i32, first: ti.i32, cursor: ti.i32, half: ti.i32, seed: ti.u32,
+               stream: ti.u32, density: ti.types.ndarray(dtype=ti.f32, ndim=1),
+               bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1), res: ti.i32, lo: ti.f32,
+               size: ti.f32, idx: ti.types.ndarray(dtype=ti.i32, ndim=1),
+               unit: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    """Picks first.. first+K-1 of an update (K = idx.shape[0]): SWEEP cell j, CURSOR cell
+    (j + cursor) mod n, RANDOM a uniform cell for j < half and an occupied one after ->
+    idx (K,) (-1 for an unseen cell: not evaluated) and a random point of each cell in
+    hash-grid coordinates over the box [lo, lo + size]^3 -> unit (K,3)."""
+    n = density.shape[0]
+    for k in range(idx.shape[0]):
+        j = first + k
+        base = j * _DRAWS_PER_PICK
+        cell = j
+        if mode == CURSOR:
+            cell = (j + cursor) % n
+        elif mode == RANDOM:
+            cell = ti.min(ti.cast(uniform(seed, stream, base) * n, ti.i32), n - 1)
+            if j >= half:
+                for t in range(OCCUPIED_TRIES):
+                    cell = ti.min(ti.cast(uniform(seed, stream, base + t) * n, ti.i32), n - 1)
+                    if is_occupied(bitfield, cell):
+                        break
+        jit = ti.Vector([uniform(seed, stream, base + OCCUPIED_TRIES + a) for a in ti.static(range(3))])
+        p = cell_point(cell, jit, res)
+        idx[k] = cell if density[cell] >= 0.0 else -1
+        for a in ti.static(range(3)):
+            unit[k, a] = ti.math.clamp((p[a] - lo) / size, 0.0, 1.0)
+
+
+@ti.kernel
+def gather_new(idx: ti.types.ndarray(dtype=ti.i32, ndim=1),
+               sigma: ti.types.ndarray(dtype=ti.f32, ndim=1), min_step: ti.f32,
+               new: ti.types.ndarray(dtype=ti.f32, ndim=1),
+               fresh: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    """new[c] = max over picks of cell c of sigma * min_step (zero it first), fresh[c] = 1."""
+    for k in range(idx.shape[0]):
+        c = idx[k]
+        if c >= 0:
+            ti.atomic_max(new[c], sigma[k] * min_step)
+            fresh[c] = 1
+
+
+@ti.kernel
+def apply_ema(density: ti.types.ndarray(dtype=ti.f32, ndim=1),
+              new: ti.types.ndarray(dtype=ti.f32, ndim=1),
+              fresh: ti.types.ndarray(dtype=ti.i32, ndim=1), decay: ti.f32):
+    """The update's EMA (OccupancyGrid.update's rule): seen cells take max(density * decay,
+    new), a first visit of an unvisited cell takes new; then new and fresh are zeroed."""
+    for i in range(density.shape[0]):
+        d = density[i]
+        if d >= 0.0:
+            v = ti.max(d * decay, new[i])
+            if fresh[i] and d > 3.0e38:
+                v = new[i]
+            density[i] = v
+        new[i] = 0.0
+        fresh[i] = 0
 
 
 def checkpoint_bitfield(config: dict, arrays: dict) -> np.ndarray:

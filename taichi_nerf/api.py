@@ -120,8 +120,8 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
         raise OptionError(None, f"{out}: cannot create the run folder ({e.strerror or e})") \
             from None
     init(arch, verbose=print_arch)
-    from taichi_nerf.training.trainer import Trainer
-    trainer = Trainer(train, cfg)
+    from taichi_nerf.training.device import make_trainer
+    trainer = make_trainer(train, cfg)
     if progress:
         print(f"training on {root} ({fmt}, {len(train)} images {train.width}x{train.height}, "
               f"{len(val)} validation views) -> {out}")

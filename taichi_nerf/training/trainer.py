@@ -91,6 +91,14 @@ def adam(groups, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(groups, **kw)
 
 
+def c2f_ramp_for(config: TrainConfig, dataset: Dataset) -> float:
+    """The coarse-to-fine ramp (share of the budget; 0 = off) of a run: the setting, else on
+    for photos without alpha and off for masked/synthetic data."""
+    if config.coarse_to_fine is not None:
+        return config.coarse_to_fine
+    return 0.0 if dataset.has_alpha else C2F_RAMP_PHOTOS
+
+
 def _specs(cfg: TrainConfig, aabb_scale: int, angle: float):
     grid = HashGridSpec(n_levels=cfg.n_levels, n_features=2, log2_table=cfg.log2_table,
                         base_resolution=16,
@@ -135,8 +143,7 @@ class Trainer:
         # photos (no alpha) leave empty space unsupervised: coarse levels first force one
         # geometry that all views agree on before the fine levels can fit each view on its
         # own (fox, 300 s: 24.9 dB held out with it, 23.6 without)
-        self.c2f_ramp = (config.coarse_to_fine if config.coarse_to_fine is not None
-                         else (0.0 if dataset.has_alpha else C2F_RAMP_PHOTOS))
+        self.c2f_ramp = c2f_ramp_for(config, dataset)
         # the pixel jitter's noisier targets cost synthetic (alpha) data: built-in scene, 1037
         # steps: 28.86 dB with it, 30.91 at pixel centres (BENCHMARKS 2g)
         self.pixel_jitter = (config.pixel_jitter if config.pixel_jitter is not None
@@ -258,12 +265,17 @@ class Trainer:
             raise TrainingDiverged(f"{what} at step {self.step}")
         return {"loss": value, "psnr": psnr_from_mse(max(value, 1e-12))}
 
-    def set_lr(self) -> None:
-        """Exponential decay to lr * lr_final_factor over the second half of the budget."""
+    def lr_now(self) -> float:
+        """The learning rate now: lr, decaying exponentially to lr * lr_final_factor over
+        the second half of the budget."""
         p = self.config.budget_progress(self.step, self.elapsed)
-        f = self.config.lr_final_factor ** max(0.0, (p - 0.5) / 0.5)
+        return self.config.lr * self.config.lr_final_factor ** max(0.0, (p - 0.5) / 0.5)
+
+    def set_lr(self) -> None:
+        """Set the optimizer's learning rate to :meth:`lr_now`."""
+        lr = self.lr_now()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * f
+            group["lr"] = lr
 
     def check_finite(self) -> None:
         """Raise TrainingDiverged if any parameter is NaN/inf."""

@@ -1,0 +1,308 @@
+"""Training on Vulkan and Metal with every step on the device (issue: torch cannot run there).
+
+:class:`DeviceTrainer` is a :class:`~taichi_nerf.training.trainer.Trainer` whose step runs
+only Taichi kernels: rays drawn on the device (``kernels.train_batch``), marching, the
+field's loss and gradients (``kernels.field_train.FieldTrainingStep``), Adam
+(``DeviceAdam``) and occupancy updates (``kernels.occupancy.pick_cells``/``apply_ema``).
+One small array comes to the host per step (:data:`READOUT`): the step's loss, and the
+ray and sample counts of the *next* step's batch, which is drawn and marched before the
+read so that its sample arrays can be sized without a second host sync.
+
+The torch field, grid and optimizer of the base class stay as the host copy: they are
+brought up to date (:meth:`DeviceTrainer.pull`) only for checkpoints and evaluations, so
+checkpoints, `eval`, `render` and resuming are the same as for the host path.
+
+Not on the device yet (the host path is used for them): coarse-to-fine level weights,
+appearance codes, the distortion and sparse-depth losses, near-gradient scaling.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import taichi as ti
+import torch
+
+from taichi_nerf.data import Dataset
+from taichi_nerf.kernels import occupancy as occ_k
+from taichi_nerf.kernels.field_arrays import Temporaries, upload
+from taichi_nerf.kernels.field_train import DeviceAdam, FieldTrainingStep
+from taichi_nerf.kernels.march import march_kernels
+from taichi_nerf.kernels.train_batch import (count_non_finite, draw_rays, fit_samples,
+                                             store_scalar, to_unit)
+from taichi_nerf.nn import runtime
+from taichi_nerf.nn.renderer import Renderer
+from taichi_nerf.training.config import TrainConfig
+from taichi_nerf.training.metrics import psnr_from_mse
+from taichi_nerf.training.trainer import (LOSS_READ_EVERY, Trainer, TrainingDiverged,
+                                          c2f_ramp_for)
+
+log = logging.getLogger("taichi_nerf")
+
+# the one array a step reads: loss, next step's rays that fit and their samples, non-finite
+# parameters (counted every LOSS_READ_EVERY steps)
+READOUT = ("loss", "next_rays", "next_samples", "non_finite")
+OCC_CHUNK = 1 << 18  # cells evaluated per density call of an occupancy update
+
+
+def device_step_blockers(config: TrainConfig, dataset: Dataset) -> List[str]:
+    """The settings of this run that the on-device step does not have yet (empty: it can run)."""
+    why = []
+    if c2f_ramp_for(config, dataset) > 0:
+        why.append("coarse-to-fine level weights (--coarse-to-fine 0 turns them off)")
+    if config.appearance:
+        why.append("appearance codes")
+    if config.distortion > 0:
+        why.append("the distortion loss")
+    if config.near_grad_distance > 0:
+        why.append("near-gradient scaling")
+    if dataset.depth_obs is not None and len(dataset.depth_obs) and config.sparse_depth > 0:
+        why.append("the sparse-depth loss (--sparse-depth 0 turns it off)")
+    return why
+
+
+def make_trainer(dataset: Dataset, config: TrainConfig) -> Trainer:
+    """The trainer for the arch Taichi runs on: the host (torch) trainer on cpu and cuda, the
+    on-device one on vulkan and metal when the run's settings allow it (else the host one,
+    saying why)."""
+    rt = runtime.current()
+    if runtime.torch_shares_device(rt.arch):
+        return Trainer(dataset, config)
+    why = device_step_blockers(config, dataset)
+    if why:
+        msg = (f"taichi-nerf: on {rt.arch} this run trains with torch on the host, copying "
+               f"each step's arrays, because the on-device step has no {'; no '.join(why)}")
+        print(msg)
+        log.warning(msg)
+        return Trainer(dataset, config)
+    return DeviceTrainer(dataset, config)
+
+
+def _upload_i32(a: np.ndarray):
+    a = np.ascontiguousarray(a, np.int32)
+    nd = ti.ndarray(ti.i32, shape=a.shape)
+    nd.from_numpy(a)
+    return nd
+
+
+class _Batch:
+    """One step's rays on the device and their marched counts (see draw_rays, fit_samples)."""
+
+    def __init__(self, tmp: Temporaries, n_rays: int):
+        f32, i32 = tmp.f32, (lambda shape: tmp.new(ti.i32, shape))
+        self.n_rays = n_rays
+        self.rays_o, self.rays_d, self.bg, self.target = (f32((n_rays, 3)) for _ in range(4))
+        self.jitter, self.image = f32((n_rays,)), i32((n_rays,))
+        self.counts, self.offsets, self.fitted = (i32((n_rays,)) for _ in range(3))
+        self.rays = i32((n_rays, 2))
+        self.tmp = tmp
+
+
+class DeviceTrainer(Trainer):
+    """The trainer whose steps run on the device (vulkan, metal; cpu in tests)."""
+
+    def __init__(self, dataset: Dataset, config: TrainConfig):
+        super().__init__(dataset, config)
+        why = device_step_blockers(config, dataset)
+        if why:
+            raise ValueError(f"the on-device step has no {'; no '.join(why)}")
+        f = self.field
+        self._linears = [m for net in (f.density_net, f.color_net) for m in net
+                         if isinstance(m, torch.nn.Linear)]
+        n_density = sum(isinstance(m, torch.nn.Linear) for m in f.density_net)
+        layers = [(m.weight.detach().cpu().numpy(), m.bias.detach().cpu().numpy())
+                  for m in self._linears]
+        self.device_step = FieldTrainingStep(f.config.grid, f.config.sh_degree,
+                                             f.grid.table.detach().cpu().numpy(),
+                                             layers[:n_density], layers[n_density:])
+        decays = [0.0] + [config.weight_decay, 0.0] * len(self._linears)
+        self.adam = DeviceAdam(self.device_step.params, config.lr, decays)
+        self._pixels = upload(self.pixels.cpu().numpy())
+        self._poses = upload(self.poses.cpu().numpy())
+        self._intrinsics = upload(self.intrinsics.cpu().numpy())
+        self._distortion = upload(self.distortion.cpu().numpy())
+        g = self.grid
+        self._density = upload(g.density.cpu().numpy())
+        self._bitfield = _upload_i32(g.bitfield.cpu().numpy())
+        self._threshold = ti.ndarray(ti.f32, shape=(1,))
+        self._partials = occ_k.threshold_partials(g.spec.resolution)
+        self._new = ti.ndarray(ti.f32, shape=(g.spec.n_cells,))
+        self._new.fill(0.0)
+        self._fresh = ti.ndarray(ti.i32, shape=(g.spec.n_cells,))
+        self._fresh.fill(0)
+        self._readout = ti.ndarray(ti.f32, shape=(len(READOUT),))
+        self._march = march_kernels(g.spec, g.march)
+        self._next: Optional[_Batch] = None   # the coming step's batch, marched and counted
+        self._next_counts = (0, 0)            # its rays that fit and their samples
+        self._occ_tmp = Temporaries()
+        self._step_tmp = Temporaries()
+        self._host_stale = False
+        self.transfers_per_step = 1  # what the step reads: the READOUT array
+
+    # ------------------------------------------------------------------ host copy
+    @property
+    def renderer(self) -> Renderer:
+        """The host renderer, its field and grid brought up to date first (evaluation)."""
+        self.pull()
+        return self._renderer
+
+    @renderer.setter
+    def renderer(self, value: Renderer) -> None:
+        self._renderer = value
+
+    def _torch_params(self) -> List[torch.nn.Parameter]:
+        out = [self.field.grid.table]
+        for m in self._linears:
+            out += [m.weight, m.bias]
+        return out
+
+    def pull(self) -> None:
+        """Copy the device's parameters, Adam moments and occupancy grid into the host copy."""
+        if not self._host_stale:
+            return
+        with torch.no_grad():
+            for p, nd, m, v in zip(self._torch_params(), self.device_step.params, self.adam.m,
+                                   self.adam.v):
+                p.copy_(torch.from_numpy(nd.to_numpy()).to(p.device))
+                if self.adam.step_count:
+                    self.optimizer.state[p] = {
+                        "step": torch.tensor(float(self.adam.step_count), dtype=torch.float32),
+                        "exp_avg": torch.from_numpy(m.to_numpy()).to(p.device),
+                        "exp_avg_sq": torch.from_numpy(v.to_numpy()).to(p.device)}
+        self.grid.density = torch.from_numpy(self._density.to_numpy()).to(self.device)
+        self.grid.bitfield = torch.from_numpy(self._bitfield.to_numpy()).to(self.device)
+        self.grid.threshold = float(self._threshold.to_numpy()[0])
+        self._host_stale = False
+
+    def push(self) -> None:
+        """Copy the host copy (after a checkpoint load) to the device; the next batch is redrawn."""
+        for p, nd, m, v in zip(self._torch_params(), self.device_step.params, self.adam.m,
+                               self.adam.v):
+            nd.from_numpy(np.ascontiguousarray(p.detach().cpu().numpy(), np.float32))
+            st = self.optimizer.state.get(p, {})
+            for moment, key in ((m, "exp_avg"), (v, "exp_avg_sq")):
+                if key in st:
+                    moment.from_numpy(np.ascontiguousarray(st[key].cpu().numpy(), np.float32))
+                else:
+                    moment.fill(0.0)
+            if "step" in st:
+                self.adam.step_count = int(float(st["step"]))
+        self._density.from_numpy(np.ascontiguousarray(self.grid.density.cpu().numpy(), np.float32))
+        self._bitfield.from_numpy(np.ascontiguousarray(self.grid.bitfield.cpu().numpy(), np.int32))
+        self._next = None
+        self._host_stale = False
+
+    def load(self, path) -> None:
+        """Restore a checkpoint (see Trainer.load) onto the device."""
+        super().load(path)
+        self.push()
+
+    def save(self, path) -> None:
+        """Write the checkpoint from the device's state (see Trainer.save)."""
+        self.pull()
+        super().save(path)
+
+    def set_lr(self) -> None:
+        """The host trainer's schedule, applied to the device's Adam."""
+        self.adam.lr = self.lr_now()
+
+    # ------------------------------------------------------------------ one step
+    def _update_occupancy(self, step: int) -> None:
+        """OccupancyGrid.update's schedule and EMA on the device (cells picked by kernels.rng)."""
+        g, cfg = self.grid, self.config
+        n = g.spec.n_cells
+        budget = min(n, g.max_cells_per_update)
+        cursor, half = 0, 0
+        if step == 0:
+            mode, total = occ_k.SWEEP, n
+        elif step < g.warmup_steps:
+            mode, total, cursor = occ_k.CURSOR, budget, g._cursor
+            g._cursor = (g._cursor + budget) % n
+        else:
+            mode, half = occ_k.RANDOM, budget // 2
+            total = 2 * half
+        self._occ_tmp.release()
+        lo, size = self._renderer.lo, self._renderer.size
+        for first in range(0, total, OCC_CHUNK):
+            k = min(OCC_CHUNK, total - first)
+            idx = self._occ_tmp.new(ti.i32, (k,))
+            unit = self._occ_tmp.f32((k, 3))
+            occ_k.pick_cells(mode, first, cursor, half, cfg.seed, 2 * step + 1, self._density,
+                             self._bitfield, g.spec.resolution, lo, size, idx, unit)
+            sigma = self.device_step.density(unit)
+            occ_k.gather_new(idx, sigma, g.march.min_step, self._new, self._fresh)
+        occ_k.apply_ema(self._density, self._new, self._fresh, g.decay)
+        occ_k.build_bitfield_on_device(self._density, g.spec.resolution, g.spec.n_cascades,
+                                       self._bitfield, self._threshold, self._partials)
+
+    def _prepare(self) -> _Batch:
+        """Occupancy update when due, then draw and count the rays of step self.step."""
+        if self.grid.due(self.step):
+            self._update_occupancy(self.step)
+        tmp = Temporaries()
+        b = _Batch(tmp, self.n_rays)
+        d = self.dataset
+        draw_rays(self.config.seed, 2 * self.step, self._pixels, len(d), d.height, d.width,
+                  int(self.pixel_jitter), self._intrinsics, self._distortion, self._poses,
+                  b.rays_o, b.rays_d, b.bg, b.target, b.jitter, b.image)
+        self._march.count(b.rays_o, b.rays_d, b.jitter, self._bitfield, b.counts)
+        fit_samples(b.counts, 2 * self.config.target_samples, b.offsets, b.fitted, b.rays,
+                    self._readout, 1)
+        return b
+
+    def _read(self) -> np.ndarray:
+        """The step's one host transfer."""
+        return self._readout.to_numpy()
+
+    def train_step(self, read_loss: bool = True) -> Dict[str, Any]:
+        """One step on the device -> rays, samples, "loss" and "psnr" of this step (always
+        read: the readout that sizes the next step carries it); raises TrainingDiverged."""
+        if self._next is None:  # the first step, or after a load: draw and count its batch
+            self._readout.fill(0.0)
+            self._next = self._prepare()
+            vals = self._read()
+            self._next_counts = (int(vals[1]), int(vals[2]))
+        b, (n_fit, n_samples) = self._next, self._next_counts
+        self._step_tmp.release()
+        tmp = self._step_tmp
+        m = max(n_samples, 1)  # no sample: one unused row, no ray points at it
+        t, dt = tmp.f32((m,)), tmp.f32((m,))
+        pos, dirs = tmp.f32((m, 3)), tmp.f32((m, 3))
+        ray_index = tmp.new(ti.i32, (m,))
+        if n_samples:
+            self._march.fill(b.rays_o, b.rays_d, b.jitter, self._bitfield, b.offsets, b.fitted,
+                             t, dt, pos, dirs, ray_index)
+        else:
+            for a in (t, dt, pos, dirs):
+                a.fill(0.0)
+        to_unit(pos, self._renderer.lo, self._renderer.size)
+        loss, grads = self.device_step.gradients(pos, dirs, t, dt, b.rays, b.bg, b.target,
+                                                 n_rays=n_fit)
+        self.adam.step(grads)
+        self._host_stale = True
+        self._readout.fill(0.0)
+        store_scalar(loss, self._readout, 0)
+        check = (self.step + 1) % LOSS_READ_EVERY == 0
+        if check:
+            for p in self.device_step.params:
+                count_non_finite(p, self._readout, 3)
+        # the ray count of the next step (the host trainer's rule) and its batch
+        cfg = self.config
+        n = cfg.target_samples / max(n_samples / max(n_fit, 1), 1.0)
+        self.n_rays = int(min(max(n, cfg.min_rays), cfg.max_rays))
+        self.samples_seen += n_samples
+        self.rays_seen += n_fit
+        self.step += 1
+        self._next = self._prepare()
+        vals = self._read()
+        self._next_counts = (int(vals[1]), int(vals[2]))
+        value = float(vals[0])
+        if not math.isfinite(value) or vals[3]:
+            what = (f"loss became {value}" if not math.isfinite(value)
+                    else f"{int(vals[3])} parameters became non-finite")
+            raise TrainingDiverged(f"{what} at step {self.step}")
+        b.tmp.release()
+        return {"mse": torch.tensor(value), "rays": n_fit, "samples": n_samples,
+                "loss": value, "psnr": psnr_from_mse(max(value, 1e-12))}
