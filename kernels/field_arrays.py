@@ -68,14 +68,34 @@ class FieldPass(NamedTuple):
     color_outs: List[object]
 
 
+@ti.kernel
+def scale_levels(enc: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 weights: ti.types.ndarray(dtype=ti.f32, ndim=1), n_features: ti.i32):
+    """enc (M, L*F) *= weights (L,) of each column's level, in place (coarse-to-fine)."""
+    for i, j in ti.ndrange(enc.shape[0], enc.shape[1]):
+        enc[i, j] *= weights[j // n_features]
+
+
+@ti.kernel
+def set_active_levels(weights: ti.types.ndarray(dtype=ti.f32, ndim=1), active: ti.f32):
+    """weights (L,) = clamp(active - level, 0, 1): the first `active` levels on, the next
+    fading in (``taichi_nerf.training.trainer.level_weights``' rule)."""
+    for level in range(weights.shape[0]):
+        weights[level] = ti.math.clamp(active - ti.cast(level, ti.f32), 0.0, 1.0)
+
+
 def field_forward(spec: HashGridSpec, table, density_layers: Sequence[Tuple[object, object]],
                   pos, tmp: Temporaries, sh_degree: int = 0,
-                  color_layers: Sequence[Tuple[object, object]] = (), dirs=None) -> FieldPass:
+                  color_layers: Sequence[Tuple[object, object]] = (), dirs=None,
+                  level_weights=None) -> FieldPass:
     """Positions (M,3) in [0,1] (and unit dirs (M,3) for colour) -> the field's
-    intermediates, each a temporary of `tmp`; without dirs only the density part runs."""
+    intermediates, each a temporary of `tmp`; without dirs only the density part runs.
+    level_weights (L,): the hash levels' weights (coarse-to-fine), None for all 1."""
     M = pos.shape[0]
     enc = tmp.f32((M, spec.out_dim))
     hash_grid_kernels(spec).forward(pos, table, enc)
+    if level_weights is not None:
+        scale_levels(enc, level_weights, spec.n_features)
     density_outs = mlp_k.mlp_forward_saved(enc, density_layers,
                                            activations(len(density_layers), "none"), tmp.f32)
     h = density_outs[-1]

@@ -23,10 +23,11 @@ import taichi as ti
 
 from . import composite as composite_k
 from . import mlp as mlp_k
-from .field_arrays import Temporaries, activations, field_forward, upload
+from .field_arrays import (Temporaries, activations, field_forward, scale_levels,
+                           set_active_levels, upload)
 from .hash_grid import hash_grid_kernels, table_grad_method
 from .runtime import current
-from .specs import T_THRESHOLD, TRUNC_EXP_MAX, HashGridSpec
+from .specs import TAU_MAX, T_THRESHOLD, TRUNC_EXP_MAX, HashGridSpec
 
 
 @ti.kernel
@@ -44,6 +45,48 @@ def _mse_and_grad(rgb: ti.types.ndarray(dtype=ti.f32, ndim=2),
             g = 2.0 * d / n
             ti.atomic_add(loss[0], d * d / n)
         grad[r, a] = g
+
+
+@ti.kernel
+def sparse_depth_term(sigma: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                      t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                      dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                      rays: ti.types.ndarray(dtype=ti.i32, ndim=2),
+                      depth: ti.types.ndarray(dtype=ti.f32, ndim=1), n_depth: ti.i32,
+                      tolerance: ti.f32, weight: ti.f32,
+                      loss: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                      grad_sigma: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    """The sparse-depth loss (``taichi_nerf.nn.losses.sparse_depth_loss``) of the first
+    n_depth rays times `weight`: loss[0] += it, grad_sigma (M,) += its gradient.
+
+    Per ray, L = sum_j c_j w_j with c_j = [t_j < d(1-tol)] - 0.5 [t_j <= d(1+tol)] and
+    w_j = T_j (1 - exp(-tau_j)), tau_j = sigma_j dt_j: dL/dsigma_i = dt_i (c_i T_{i+1}
+    - sum_{j>i} c_j w_j), no gradient where tau_i is clamped to TAU_MAX."""
+    scale = weight / ti.cast(n_depth, ti.f32)
+    for r in range(n_depth):
+        start, count = rays[r, 0], rays[r, 1]
+        lo, hi = depth[r] * (1.0 - tolerance), depth[r] * (1.0 + tolerance)
+        T, total = 1.0, 0.0
+        for k in range(count):  # forward: the ray's weighted sum
+            i = start + k
+            tau = ti.min(sigma[i] * dt[i], TAU_MAX)
+            c = (1.0 if t[i] < lo else 0.0) - (0.5 if t[i] <= hi else 0.0)
+            T_next = T * ti.exp(-tau)
+            total += c * (T - T_next)
+            T = T_next
+        ti.atomic_add(loss[0], scale * total)
+        T, before = 1.0, 0.0
+        for k in range(count):  # backward, with the sum of the later samples = total - done
+            i = start + k
+            tau = ti.min(sigma[i] * dt[i], TAU_MAX)
+            c = (1.0 if t[i] < lo else 0.0) - (0.5 if t[i] <= hi else 0.0)
+            T_next = T * ti.exp(-tau)
+            before += c * (T - T_next)
+            if sigma[i] * dt[i] < TAU_MAX:
+                grad_sigma[i] += scale * dt[i] * (c * T_next - (total - before))
+            T = T_next
+    if n_depth > 0:
+        ti.atomic_add(loss[0], 0.5 * weight)
 
 
 @ti.kernel
@@ -81,6 +124,14 @@ class FieldTrainingStep:
         self.density_acts = activations(len(self.density_layers), "none")
         self.color_acts = activations(len(self.color_layers), "sigmoid")
         self._tmp = Temporaries()  # the last call's arrays, kept until the next call syncs
+        self.level_weights = None  # (L,) on the device once set_active_levels is called
+
+    def set_active_levels(self, active: float) -> None:
+        """Coarse-to-fine: level l weighs clamp(active - l, 0, 1) from now on (the host
+        trainer's ``level_weights``); set on the device, nothing transferred."""
+        if self.level_weights is None:
+            self.level_weights = ti.ndarray(ti.f32, shape=(self.spec.n_levels,))
+        set_active_levels(self.level_weights, float(active))
 
     @property
     def params(self) -> list:
@@ -94,25 +145,30 @@ class FieldTrainingStep:
         """Positions (M,3) in [0,1] ndarray -> sigma (M,) ndarray (occupancy updates); valid
         until the next call."""
         self._tmp.release()
-        return field_forward(self.spec, self.table, self.density_layers, pos, self._tmp).sigma
+        return field_forward(self.spec, self.table, self.density_layers, pos, self._tmp,
+                             level_weights=self.level_weights).sigma
 
     def gradients(self, pos, dirs, t, dt, rays, bg, target,
                   t_threshold: float = T_THRESHOLD,
-                  n_rays: Optional[int] = None) -> Tuple[object, list]:
+                  n_rays: Optional[int] = None, depth=None, n_depth: int = 0,
+                  depth_tolerance: float = 0.05,
+                  depth_weight: float = 0.0) -> Tuple[object, list]:
         """Packed samples pos (M,3) in [0,1], dirs (M,3) unit, t, dt (M,), rays (R,2) int32,
         bg and target (R,3) -> (loss ndarray (1,), gradients in ``params`` order), all on
         the device: read the loss with ``loss.to_numpy()[0]`` when it is wanted. The loss
-        is the mean over the first n_rays rays (default all; the rest have no samples)."""
+        is the mean over the first n_rays rays (default all; the rest have no samples), plus
+        depth_weight times the sparse-depth loss of the first n_depth rays, whose points lie
+        at depth (R,) model units (:func:`sparse_depth_term`)."""
         self._tmp.release()
         new: Callable = self._tmp.f32
         M, R = pos.shape[0], rays.shape[0]
         f = field_forward(self.spec, self.table, self.density_layers, pos, self._tmp,
-                          self.sh_degree, self.color_layers, dirs)
+                          self.sh_degree, self.color_layers, dirs, self.level_weights)
         h, sigma, x, rgb = f.density_outs[-1], f.sigma, f.x, f.color_outs[-1]
-        out_rgb, depth, opacity = new((R, 3)), new((R,)), new((R,))
+        out_rgb, out_depth, opacity = new((R, 3)), new((R,)), new((R,))
         n_used = self._tmp.new(ti.i32, (R,))
         composite_k.composite_forward(sigma, rgb, t, dt, rays, bg, float(t_threshold),
-                                      out_rgb, depth, opacity, n_used)
+                                      out_rgb, out_depth, opacity, n_used)
         loss = new((1,))
         loss.fill(0.0)
         g_rgb = new((R, 3))
@@ -121,14 +177,19 @@ class FieldTrainingStep:
         g_depth.fill(0.0)
         g_opacity.fill(0.0)
         g_sigma, g_rgbs = new((M,)), new((M, 3))
-        composite_k.composite_backward(sigma, rgb, t, dt, rays, n_used, bg, out_rgb, depth,
+        composite_k.composite_backward(sigma, rgb, t, dt, rays, n_used, bg, out_rgb, out_depth,
                                        opacity, g_rgb, g_depth, g_opacity, g_sigma, g_rgbs)
+        if n_depth > 0 and depth_weight > 0:
+            sparse_depth_term(sigma, t, dt, rays, depth, int(n_depth), float(depth_tolerance),
+                              float(depth_weight), loss, g_sigma)
         c_grads, g_x = mlp_k.mlp_backward(x, self.color_layers, self.color_acts, f.color_outs,
                                           g_rgbs, new, want_input_grad=True)
         g_h = new((M, h.shape[1]))
         _geometry_grad(g_x, g_sigma, h, g_h)
         d_grads, g_enc = mlp_k.mlp_backward(f.enc, self.density_layers, self.density_acts,
                                             f.density_outs, g_h, new, want_input_grad=True)
+        if self.level_weights is not None:  # enc was scaled: so is its gradient to the table
+            scale_levels(g_enc, self.level_weights, self.spec.n_features)
         g_table = new((self.spec.n_params, self.spec.n_features))
         g_table.fill(0.0)
         hk = hash_grid_kernels(self.spec)

@@ -29,6 +29,9 @@ WHOLE_WALK_SLOTS = 1 << 20
 # the density is exp(raw); its gradient uses exp(min(raw, 15)), which keeps it finite
 # (instant-ngp's truncated exp)
 TRUNC_EXP_MAX = 15.0
+# past this optical depth a sample is opaque to double precision: the sparse-depth loss clamps
+# sigma * dt there (an untrained field's exp can be inf) and passes no gradient through it
+TAU_MAX = 50.0
 CHECKPOINT_NAME = "checkpoint.npz"  # what `taichi-nerf train --out RUN` writes in RUN
 
 

@@ -12,7 +12,7 @@ import taichi as ti
 from .camera import pose_ray
 from .rng import uniform
 
-DRAWS_PER_RAY = 16  # index space each ray owns in its step's stream (9 draws used)
+DRAWS_PER_RAY = 16  # index space each ray owns in its step's stream (10 draws used)
 
 
 @ti.kernel
@@ -22,28 +22,41 @@ def draw_rays(seed: ti.u32, stream: ti.u32,
               intrinsics: ti.types.ndarray(dtype=ti.f32, ndim=2),
               distortion: ti.types.ndarray(dtype=ti.f32, ndim=2),
               c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
+              depth_obs: ti.types.ndarray(dtype=ti.f32, ndim=2), n_depth: ti.i32,
               rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
               rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
               bg: ti.types.ndarray(dtype=ti.f32, ndim=2),
               target: ti.types.ndarray(dtype=ti.f32, ndim=2),
               jitter: ti.types.ndarray(dtype=ti.f32, ndim=1),
-              image: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+              image: ti.types.ndarray(dtype=ti.i32, ndim=1),
+              depth: ti.types.ndarray(dtype=ti.f32, ndim=1)):
     """R = rays_o.shape[0] rays of stream `stream`: pixels (N*H*W, C) RGB or RGBA in [0,1],
     cameras intrinsics (N,4), distortion (N,4), c2w (N,3|4,4) model space -> rays_o, rays_d
     (R,3) unit directions, bg (R,3), target (R,3) (alpha over bg), jitter (R,), image (R,).
-    The pixel is hit at its centre, or at a random point of it with pixel_jitter."""
+    The pixel is hit at its centre, or at a random point of it with pixel_jitter. The first
+    n_depth rays look through random sparse points of depth_obs (K,4) (image, u, v, distance
+    in model units) instead, depth (R,) their distances (sparse-depth loss)."""
     n_ch = pixels.shape[1]
     for r in range(rays_o.shape[0]):
         base = r * DRAWS_PER_RAY
         img = ti.min(ti.cast(uniform(seed, stream, base) * n_images, ti.i32), n_images - 1)
         x = ti.min(ti.cast(uniform(seed, stream, base + 1) * width, ti.i32), width - 1)
         y = ti.min(ti.cast(uniform(seed, stream, base + 2) * height, ti.i32), height - 1)
-        du, dv = 0.5, 0.5
+        u = ti.cast(x, ti.f32) + 0.5
+        v = ti.cast(y, ti.f32) + 0.5
         if pixel_jitter:
-            du = uniform(seed, stream, base + 3)
-            dv = uniform(seed, stream, base + 4)
-        o, d = pose_ray(ti.cast(x, ti.f32) + du, ti.cast(y, ti.f32) + dv, img, intrinsics,
-                        distortion, c2w)
+            u = ti.cast(x, ti.f32) + uniform(seed, stream, base + 3)
+            v = ti.cast(y, ti.f32) + uniform(seed, stream, base + 4)
+        depth[r] = 0.0
+        if r < n_depth:
+            n_obs = depth_obs.shape[0]
+            j = ti.min(ti.cast(uniform(seed, stream, base + 9) * n_obs, ti.i32), n_obs - 1)
+            img = ti.cast(depth_obs[j, 0], ti.i32)
+            u, v = depth_obs[j, 1], depth_obs[j, 2]
+            x = ti.math.clamp(ti.cast(u, ti.i32), 0, width - 1)
+            y = ti.math.clamp(ti.cast(v, ti.i32), 0, height - 1)
+            depth[r] = depth_obs[j, 3]
+        o, d = pose_ray(u, v, img, intrinsics, distortion, c2w)
         flat = (img * height + y) * width + x
         a = 1.0
         if n_ch == 4:

@@ -50,18 +50,33 @@ def test_drawn_rays_follow_the_host_trainers_rules(arch, gen, pixel_jitter):
     intr = torch.tensor([[8.0, 8.5, 4.5, 3.5]]).repeat(n, 1) + torch.rand(n, 4, generator=gen)
     dist = 0.01 * torch.randn(n, 4, generator=gen)
     outs = [ti.ndarray(ti.f32, shape=s) for s in ((R, 3), (R, 3), (R, 3), (R, 3), (R,))]
-    image = ti.ndarray(ti.i32, shape=(R,))
+    image, depth = ti.ndarray(ti.i32, shape=(R,)), ti.ndarray(ti.f32, shape=(R,))
+    # sparse points: image, u, v (inside and past the border), distance
+    K, n_depth = 40, 70
+    obs = torch.stack([torch.randint(0, n, (K,), generator=gen).float(),
+                       torch.rand(K, generator=gen) * (w + 2) - 1,
+                       torch.rand(K, generator=gen) * (h + 2) - 1,
+                       torch.rand(K, generator=gen) * 3], -1)
     draw_rays(11, 5, _nd(pixels), n, h, w, pixel_jitter, _nd(intr), _nd(dist), _nd(poses),
-              *outs, image)
+              _nd(obs), n_depth, *outs, image, depth)
     o, d, bg, target, jitter = (torch.from_numpy(a.to_numpy()) for a in outs)
     # the same draws on the host
-    u = uniform_np(11, 5, np.arange(R)[:, None] * DRAWS_PER_RAY + np.arange(9)[None, :])
+    u = uniform_np(11, 5, np.arange(R)[:, None] * DRAWS_PER_RAY + np.arange(10)[None, :])
     img = np.minimum((u[:, 0] * n).astype(np.int64), n - 1)
     x = np.minimum((u[:, 1] * w).astype(np.int64), w - 1)
     y = np.minimum((u[:, 2] * h).astype(np.int64), h - 1)
-    assert np.array_equal(image.to_numpy(), img)
     off = u[:, 3:5] if pixel_jitter else np.full((R, 2), 0.5, np.float32)
-    pix = torch.from_numpy(np.stack([x, y], -1).astype(np.float32) + off)
+    pix = np.stack([x, y], -1).astype(np.float32) + off
+    # the first n_depth rays: Trainer._batch's rule for rays through sparse points
+    pick = obs[torch.from_numpy(np.minimum((u[:n_depth, 9] * K).astype(np.int64), K - 1))]
+    img[:n_depth] = pick[:, 0].long().numpy()
+    pix[:n_depth] = pick[:, 1:3].numpy()
+    x[:n_depth] = pick[:, 1].long().clamp(0, w - 1).numpy()
+    y[:n_depth] = pick[:, 2].long().clamp(0, h - 1).numpy()
+    assert np.array_equal(image.to_numpy(), img)
+    assert np.array_equal(depth.to_numpy()[:n_depth], pick[:, 3].numpy())
+    assert not depth.to_numpy()[n_depth:].any()
+    pix = torch.from_numpy(pix)
     ro, rd = generate_rays(pix.contiguous(), torch.from_numpy(img.astype(np.int32)), intr, dist,
                            poses)
     assert torch.allclose(o, ro, atol=1e-6) and torch.allclose(d, rd, atol=1e-5)
@@ -215,8 +230,38 @@ def test_a_device_training_step_reads_one_array(arch, scene16, monkeypatch, tmp_
 def test_settings_the_device_step_lacks_are_named(scene16):
     train = load_dataset(scene16, "train")
     assert device_step_blockers(TrainConfig(), train) == []
-    why = device_step_blockers(TrainConfig(appearance=4, coarse_to_fine=0.5), train)
-    assert len(why) == 2 and "appearance" in why[1] and "coarse-to-fine" in why[0]
+    assert device_step_blockers(TrainConfig(coarse_to_fine=0.5), train) == []
+    why = device_step_blockers(TrainConfig(appearance=4, distortion=0.01), train)
+    assert len(why) == 2 and "appearance" in why[0] and "distortion" in why[1]
     with pytest.raises(ValueError, match="appearance"):
         runtime.init("cpu")
         DeviceTrainer(train, TrainConfig(appearance=4))
+
+
+def test_photos_train_on_the_device_with_their_defaults(arch, tmp_path_factory, monkeypatch):
+    """A COLMAP capture's defaults (coarse-to-fine, pixel jitter, the sparse-depth loss) all
+    run on the device: the project-made "room" scene, one readout per step, finite losses,
+    and the host copy's level weights are those of the last step."""
+    runtime.init("cpu")
+    root = builtin.ensure_builtin_scene(16, cache_dir=tmp_path_factory.mktemp("room"),
+                                        progress=False, variant="room")
+    init_arch = runtime.init(arch)
+    assert init_arch.arch == arch
+    train = load_dataset(root, "train")
+    assert train.depth_obs is not None and len(train.depth_obs)
+    cfg = TrainConfig(steps=20, log2_table=10, n_levels=8, occ_resolution=16,
+                      target_samples=1 << 12, init_rays=64, min_rays=64)
+    assert device_step_blockers(cfg, train) == []
+    tr = DeviceTrainer(train, cfg)
+    assert tr.c2f_ramp > 0 and tr.pixel_jitter and tr._depth_rays(64) == 16
+    tr.train_step()
+    moved = _count_transfers(monkeypatch)
+    for _ in range(9):
+        moved.clear()
+        tr.set_lr()
+        assert np.isfinite(tr.train_step()["loss"])
+        assert moved == ["to_numpy"], moved
+    monkeypatch.undo()
+    tr.pull()
+    w = tr.field.level_weights
+    assert 0 < float(w.sum()) < cfg.n_levels and float(w[0]) == 1.0  # levels still joining

@@ -1,6 +1,7 @@
 """The torch-free training step (kernels/field_train.py) against the torch path on the same
 inputs and weights: loss, every gradient, and the parameters after an Adam step."""
 import numpy as np
+import pytest
 import torch
 
 from taichi_nerf.kernels.field_train import DeviceAdam, FieldTrainingStep
@@ -44,8 +45,13 @@ def _layers(net):
             for m in net if isinstance(m, torch.nn.Linear)]
 
 
-def test_taichi_step_equals_torch_step(arch, gen):
+@pytest.mark.parametrize("active", [None, 2.4])
+def test_taichi_step_equals_torch_step(arch, gen, active):
+    """One step on the same samples and weights; active: coarse-to-fine, the first 2 levels
+    on, the third at 0.4, the fourth off (None: all on)."""
     field, s, bg, target = _inputs(gen)
+    if active is not None:
+        field.set_level_weights((active - torch.arange(SPEC.n_levels)).clamp(0.0, 1.0))
     pos = s.positions.clamp(0.0, 1.0).contiguous()  # the box is the unit cube here
     # torch path: the trainer's loss on the same samples
     sigma, rgb = field(pos, s.dirs)
@@ -58,6 +64,8 @@ def test_taichi_step_equals_torch_step(arch, gen):
 
     step = FieldTrainingStep(SPEC, 3, field.grid.table.detach().numpy(),
                              _layers(field.density_net), _layers(field.color_net))
+    if active is not None:
+        step.set_active_levels(active)
     t_loss, grads = step.gradients(_nd(pos), _nd(s.dirs), _nd(s.t), _nd(s.dt),
                                    _nd(s.rays, np.int32), _nd(bg), _nd(target))
     assert abs(float(t_loss.to_numpy()[0]) - float(loss)) <= 1e-5 * float(loss)
@@ -139,3 +147,33 @@ def test_a_step_moves_no_data_between_host_and_device(arch, gen, monkeypatch):
         assert moved == ["to_numpy"]
         moved.clear()
     assert losses[1] < losses[0]  # and the step learns
+
+
+def test_sparse_depth_term_equals_the_torch_loss(arch, gen):
+    """The device step's sparse-depth loss and its sigma gradient against the host trainer's
+    loss (taichi_nerf.nn.losses) under torch autograd, on rays with and without depth."""
+    import taichi as ti
+
+    from taichi_nerf.kernels.field_train import sparse_depth_term
+    from taichi_nerf.nn.losses import sparse_depth_loss
+
+    _, s, _, _ = _inputs(gen)
+    M, R = s.t.shape[0], s.rays.shape[0]
+    sigma = (torch.rand(M, generator=gen) * 30).requires_grad_()
+    sigma.data[::17] = 5e4  # opaque samples: tau past TAU_MAX passes no gradient
+    n_depth = R // 3
+    depth = s.t[s.rays[:n_depth, 0].long() + s.rays[:n_depth, 1].long() // 2].clone()
+    depth *= 1 + 0.2 * (torch.rand(n_depth, generator=gen) - 0.5)
+    ref = 0.7 * sparse_depth_loss(sigma, s.t, s.dt, s.rays, s.ray_index, depth, 0.05)
+    ref_g, = torch.autograd.grad(ref, sigma)
+    loss, g = ti.ndarray(ti.f32, shape=(1,)), ti.ndarray(ti.f32, shape=(M,))
+    loss.fill(0.0)
+    g.fill(0.0)
+    full_depth = torch.zeros(R)
+    full_depth[:n_depth] = depth
+    sparse_depth_term(_nd(sigma), _nd(s.t), _nd(s.dt), _nd(s.rays, np.int32), _nd(full_depth),
+                      n_depth, 0.05, 0.7, loss, g)
+    ref = float(ref.detach())
+    assert abs(float(loss.to_numpy()[0]) - ref) < 1e-5 * max(1.0, abs(ref))
+    assert rel_err(torch.from_numpy(g.to_numpy()), ref_g) < 1e-4
+    assert float(ref_g.abs().max()) > 0

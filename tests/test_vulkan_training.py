@@ -40,6 +40,7 @@ def test_train_on_vulkan_learns_and_renders_alike_on_cpu(vulkan, scene32, tmp_pa
     assert rc == 0, err
     m = json.loads((run / "metrics.json").read_text())
     assert m["steps"] == 100 and m["psnr"] > FLOOR, m["psnr"]
+    assert m["step_path"] == "device"  # every step on the device, one readout each
     scores = {}
     for arch in ("vulkan", "cpu"):
         rc, out, err = cli(capsys, "eval", run, "--arch", arch, "--json", tmp_path / f"{arch}.json")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-TAU_MAX = 50.0
+from taichi_nerf.kernels.specs import TAU_MAX
 
 
 def _exclusive_in_ray(x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:

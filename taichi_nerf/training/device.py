@@ -12,8 +12,8 @@ The torch field, grid and optimizer of the base class stay as the host copy: the
 brought up to date (:meth:`DeviceTrainer.pull`) only for checkpoints and evaluations, so
 checkpoints, `eval`, `render` and resuming are the same as for the host path.
 
-Not on the device yet (the host path is used for them): coarse-to-fine level weights,
-appearance codes, the distortion and sparse-depth losses, near-gradient scaling.
+Not on the device yet (the host path is used for them): appearance codes, the distortion
+loss, near-gradient scaling.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from taichi_nerf.nn.renderer import Renderer
 from taichi_nerf.training.config import TrainConfig
 from taichi_nerf.training.metrics import psnr_from_mse
 from taichi_nerf.training.trainer import (LOSS_READ_EVERY, Trainer, TrainingDiverged,
-                                          c2f_ramp_for)
+                                          active_levels, level_weights)
 
 log = logging.getLogger("taichi_nerf")
 
@@ -50,16 +50,12 @@ OCC_CHUNK = 1 << 18  # cells evaluated per density call of an occupancy update
 def device_step_blockers(config: TrainConfig, dataset: Dataset) -> List[str]:
     """The settings of this run that the on-device step does not have yet (empty: it can run)."""
     why = []
-    if c2f_ramp_for(config, dataset) > 0:
-        why.append("coarse-to-fine level weights (--coarse-to-fine 0 turns them off)")
     if config.appearance:
         why.append("appearance codes")
     if config.distortion > 0:
         why.append("the distortion loss")
     if config.near_grad_distance > 0:
         why.append("near-gradient scaling")
-    if dataset.depth_obs is not None and len(dataset.depth_obs) and config.sparse_depth > 0:
-        why.append("the sparse-depth loss (--sparse-depth 0 turns it off)")
     return why
 
 
@@ -94,7 +90,7 @@ class _Batch:
         f32, i32 = tmp.f32, (lambda shape: tmp.new(ti.i32, shape))
         self.n_rays = n_rays
         self.rays_o, self.rays_d, self.bg, self.target = (f32((n_rays, 3)) for _ in range(4))
-        self.jitter, self.image = f32((n_rays,)), i32((n_rays,))
+        self.jitter, self.image, self.depth = f32((n_rays,)), i32((n_rays,)), f32((n_rays,))
         self.counts, self.offsets, self.fitted = (i32((n_rays,)) for _ in range(3))
         self.rays = i32((n_rays, 2))
         self.tmp = tmp
@@ -102,6 +98,8 @@ class _Batch:
 
 class DeviceTrainer(Trainer):
     """The trainer whose steps run on the device (vulkan, metal; cpu in tests)."""
+
+    step_path = "device"
 
     def __init__(self, dataset: Dataset, config: TrainConfig):
         super().__init__(dataset, config)
@@ -123,6 +121,9 @@ class DeviceTrainer(Trainer):
         self._poses = upload(self.poses.cpu().numpy())
         self._intrinsics = upload(self.intrinsics.cpu().numpy())
         self._distortion = upload(self.distortion.cpu().numpy())
+        # sparse points (image, u, v, model-space distance); one unused row when there are none
+        obs = self.depth_obs.numpy() if self.depth_obs is not None else np.zeros((1, 4))
+        self._depth_obs = upload(obs)
         g = self.grid
         self._density = upload(g.density.cpu().numpy())
         self._bitfield = _upload_i32(g.bitfield.cpu().numpy())
@@ -139,6 +140,7 @@ class DeviceTrainer(Trainer):
         self._occ_tmp = Temporaries()
         self._step_tmp = Temporaries()
         self._host_stale = False
+        self._c2f_progress = 0.0
         self.transfers_per_step = 1  # what the step reads: the READOUT array
 
     # ------------------------------------------------------------------ host copy
@@ -174,6 +176,10 @@ class DeviceTrainer(Trainer):
         self.grid.density = torch.from_numpy(self._density.to_numpy()).to(self.device)
         self.grid.bitfield = torch.from_numpy(self._bitfield.to_numpy()).to(self.device)
         self.grid.threshold = float(self._threshold.to_numpy()[0])
+        if self.c2f_ramp > 0:  # the weights the last step used
+            cfg = self.config
+            self.field.set_level_weights(level_weights(
+                self._c2f_progress, cfg.n_levels, cfg.coarse_levels, self.c2f_ramp))
         self._host_stale = False
 
     def push(self) -> None:
@@ -244,13 +250,21 @@ class DeviceTrainer(Trainer):
         tmp = Temporaries()
         b = _Batch(tmp, self.n_rays)
         d = self.dataset
+        b.n_depth = self._depth_rays(self.n_rays)
         draw_rays(self.config.seed, 2 * self.step, self._pixels, len(d), d.height, d.width,
                   int(self.pixel_jitter), self._intrinsics, self._distortion, self._poses,
-                  b.rays_o, b.rays_d, b.bg, b.target, b.jitter, b.image)
+                  self._depth_obs, b.n_depth, b.rays_o, b.rays_d, b.bg, b.target, b.jitter,
+                  b.image, b.depth)
         self._march.count(b.rays_o, b.rays_d, b.jitter, self._bitfield, b.counts)
         fit_samples(b.counts, 2 * self.config.target_samples, b.offsets, b.fitted, b.rays,
                     self._readout, 1)
         return b
+
+    def _depth_rays(self, n_rays: int) -> int:
+        """How many of a batch's rays look through sparse points (the host trainer's share)."""
+        if self.depth_obs is None:
+            return 0
+        return min(n_rays, max(1, int(round(n_rays * self.config.sparse_depth_share))))
 
     def _read(self) -> np.ndarray:
         """The step's one host transfer."""
@@ -265,6 +279,11 @@ class DeviceTrainer(Trainer):
             vals = self._read()
             self._next_counts = (int(vals[1]), int(vals[2]))
         b, (n_fit, n_samples) = self._next, self._next_counts
+        if self.c2f_ramp > 0:
+            self._c2f_progress = self.config.budget_progress(self.step, self.elapsed)
+            cfg = self.config
+            self.device_step.set_active_levels(active_levels(
+                self._c2f_progress, cfg.n_levels, cfg.coarse_levels, self.c2f_ramp))
         self._step_tmp.release()
         tmp = self._step_tmp
         m = max(n_samples, 1)  # no sample: one unused row, no ray points at it
@@ -278,8 +297,11 @@ class DeviceTrainer(Trainer):
             for a in (t, dt, pos, dirs):
                 a.fill(0.0)
         to_unit(pos, self._renderer.lo, self._renderer.size)
-        loss, grads = self.device_step.gradients(pos, dirs, t, dt, b.rays, b.bg, b.target,
-                                                 n_rays=n_fit)
+        cfg = self.config
+        loss, grads = self.device_step.gradients(
+            pos, dirs, t, dt, b.rays, b.bg, b.target, n_rays=n_fit, depth=b.depth,
+            n_depth=min(b.n_depth, n_fit), depth_tolerance=cfg.sparse_depth_tolerance,
+            depth_weight=cfg.sparse_depth)
         self.adam.step(grads)
         self._host_stale = True
         self._readout.fill(0.0)
@@ -289,7 +311,6 @@ class DeviceTrainer(Trainer):
             for p in self.device_step.params:
                 count_non_finite(p, self._readout, 3)
         # the ray count of the next step (the host trainer's rule) and its batch
-        cfg = self.config
         n = cfg.target_samples / max(n_samples / max(n_fit, 1), 1.0)
         self.n_rays = int(min(max(n, cfg.min_rays), cfg.max_rays))
         self.samples_seen += n_samples

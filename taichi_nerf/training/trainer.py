@@ -55,12 +55,18 @@ class TrainingDiverged(RuntimeError):
     """The loss or the parameters became NaN/inf; no checkpoint is written from that state."""
 
 
-def level_weights(progress: float, n_levels: int, coarse_levels: int, ramp: float) -> torch.Tensor:
-    """Weights (L,) of the hash levels at `progress` in [0, 1] of the budget: the first
-    coarse_levels are 1, the rest reach 1 one after another (linearly) by progress = ramp."""
+def active_levels(progress: float, n_levels: int, coarse_levels: int, ramp: float) -> float:
+    """How many hash levels are on at `progress` in [0, 1] of the budget (fractional: the
+    last one fading in): coarse_levels at first, all by progress = ramp (0: all at once)."""
     if ramp <= 0:
-        return torch.ones(n_levels)
-    active = coarse_levels + (n_levels - coarse_levels) * min(1.0, progress / ramp)
+        return float(n_levels)
+    return coarse_levels + (n_levels - coarse_levels) * min(1.0, progress / ramp)
+
+
+def level_weights(progress: float, n_levels: int, coarse_levels: int, ramp: float) -> torch.Tensor:
+    """Weights (L,) of the hash levels at `progress` in [0, 1] of the budget: level l weighs
+    clamp(active_levels - l, 0, 1) (the device step's ``set_active_levels`` rule)."""
+    active = active_levels(progress, n_levels, coarse_levels, ramp)
     return (active - torch.arange(n_levels, dtype=torch.float32)).clamp(0.0, 1.0)
 
 
@@ -111,6 +117,8 @@ def _specs(cfg: TrainConfig, aabb_scale: int, angle: float):
 
 class Trainer:
     """Holds the field, the occupancy grid, the optimizer and the training images."""
+
+    step_path = "host"  # where a step's field, loss and optimizer run (metrics.json)
 
     def __init__(self, dataset: Dataset, config: TrainConfig):
         self.rt = runtime.current()
@@ -489,7 +497,7 @@ def run_training(trainer: Trainer, out_dir: Path, val: Optional[Dataset] = None,
         last.update(trainer.read_loss(last["mse"], last["mse"]))
     trainer.save(ckpt)
     metrics: Dict[str, Any] = {
-        "steps": trainer.step, "train_seconds": trainer.elapsed,
+        "steps": trainer.step, "train_seconds": trainer.elapsed, "step_path": trainer.step_path,
         "samples_per_second": trainer.samples_seen / max(trainer.elapsed, 1e-9),
         "rays_per_second": trainer.rays_seen / max(trainer.elapsed, 1e-9),
         "mean_samples_per_ray": trainer.samples_seen / max(trainer.rays_seen, 1),
