@@ -16,10 +16,10 @@ from .sh import sh_kernels
 from .specs import HashGridSpec
 
 
-def upload(a: np.ndarray):
-    """numpy array -> a float32 Taichi ndarray of the same shape holding it."""
-    a = np.ascontiguousarray(a, np.float32)
-    nd = ti.ndarray(ti.f32, shape=a.shape)
+def upload(a: np.ndarray, dtype=ti.f32):
+    """numpy array -> a Taichi ndarray of `dtype` (ti.f32 or ti.i32) and the same shape holding it."""
+    a = np.ascontiguousarray(a, np.int32 if dtype == ti.i32 else np.float32)
+    nd = ti.ndarray(dtype, shape=a.shape)
     nd.from_numpy(a)
     return nd
 

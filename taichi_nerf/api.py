@@ -122,6 +122,8 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
     init(arch, verbose=print_arch)
     from taichi_nerf.training.device import make_trainer
     trainer = make_trainer(train, cfg)
+    trainer.data_source = {"data": data if is_builtin(data) else str(Path(root).resolve()),
+                           "downscale": downscale, "holdout": holdout}
     if progress:
         print(f"training on {root} ({fmt}, {len(train)} images {train.width}x{train.height}, "
               f"{len(val)} validation views) -> {out}")

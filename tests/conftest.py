@@ -127,3 +127,18 @@ def assert_one_line_error(rc, err, command, *needles):
     for n in needles:
         assert str(n) in line, f"{n!r} not in {line!r}"
     return line
+
+
+def count_transfers(monkeypatch) -> list:
+    """A list that records each copy between numpy and a Taichi ndarray from now on
+    ("to_numpy" / "from_numpy"), through the methods every such copy takes in Taichi 1.7.4."""
+    import taichi as ti
+
+    moved = []
+    for name in ("_ndarray_to_numpy", "_ndarray_from_numpy", "_ndarray_matrix_to_numpy",
+                 "_ndarray_matrix_from_numpy"):
+        original = getattr(ti.lang._ndarray.Ndarray, name)
+        monkeypatch.setattr(ti.lang._ndarray.Ndarray, name,
+                            lambda self, *a, _o=original, _n=name, **k:
+                            moved.append(_n.split("_")[-2] + "_numpy") or _o(self, *a, **k))
+    return moved

@@ -466,3 +466,34 @@ def test_render_and_export_check_path_options_alike(trained_run, tmp_path, capsy
         assert_one_line_error(rc, err, command, problem)
         lines[command] = err.split(": error: ", 1)[1]
     assert lines["render"] == lines["export"]
+
+
+def test_eval_defaults_to_the_data_the_run_was_trained_on(trained_run, scene32, tmp_path,
+                                                          capsys):
+    run, _ = trained_run
+    cfg, _ = load_checkpoint(run / "checkpoint.npz")
+    assert cfg["data"] == {"data": str(scene32.resolve()), "downscale": 1, "holdout": 8}
+    out_json = tmp_path / "eval.json"
+    rc, out, err = cli(capsys, "eval", run, "--json", out_json, "--arch", "cpu", "--quiet")
+    assert rc == 0, err
+    assert "built-in" not in err
+    m = json.loads(out_json.read_text())
+    assert m["views"] == n_frames(scene32, "test")
+    explicit = tmp_path / "explicit.json"
+    rc, _, err = cli(capsys, "eval", run, "--data", scene32, "--json", explicit, "--arch", "cpu",
+                     "--quiet")
+    assert rc == 0, err
+    assert json.loads(explicit.read_text())["psnr"] == m["psnr"]  # the same views
+
+
+def test_eval_names_a_missing_training_folder(trained_run, tmp_path, capsys):
+    from taichi_nerf.nn.checkpoint import save_checkpoint
+    run, _ = trained_run
+    cfg, arrays = load_checkpoint(run / "checkpoint.npz")
+    gone = tmp_path / "moved_away"
+    cfg["data"] = {"data": str(gone), "downscale": 2, "holdout": 8}
+    moved = tmp_path / "moved_run"
+    moved.mkdir()
+    save_checkpoint(moved / "checkpoint.npz", cfg, arrays)
+    rc, _, err = cli(capsys, "eval", moved, "--arch", "cpu", "--quiet")
+    assert_one_line_error(rc, err, "eval", gone, "pass --data")

@@ -16,6 +16,8 @@ from taichi_nerf.training.config import TrainConfig
 from taichi_nerf.training.device import READOUT, DeviceTrainer, device_step_blockers
 from taichi_nerf.training.trainer import load_model
 
+from conftest import count_transfers
+
 
 def _nd(a, dtype=np.float32):
     a = np.ascontiguousarray(a, dtype)
@@ -184,18 +186,6 @@ def scene16(tmp_path_factory):
                                         progress=False)
 
 
-def _count_transfers(monkeypatch):
-    moved = []
-    # every copy between numpy and an ndarray goes through one of these (Taichi 1.7.4)
-    for name in ("_ndarray_to_numpy", "_ndarray_from_numpy", "_ndarray_matrix_to_numpy",
-                 "_ndarray_matrix_from_numpy"):
-        original = getattr(ti.lang._ndarray.Ndarray, name)
-        monkeypatch.setattr(ti.lang._ndarray.Ndarray, name,
-                            lambda self, *a, _o=original, _n=name, **k:
-                            moved.append(_n.split("_")[-2] + "_numpy") or _o(self, *a, **k))
-    return moved
-
-
 def test_a_device_training_step_reads_one_array(arch, scene16, monkeypatch, tmp_path):
     """The whole step, occupancy updates included, moves one array between device and host:
     the readout with the loss (issue: the loss readout only)."""
@@ -204,7 +194,7 @@ def test_a_device_training_step_reads_one_array(arch, scene16, monkeypatch, tmp_
                       target_samples=1 << 12, init_rays=64, min_rays=64)
     tr = DeviceTrainer(train, cfg)
     tr.train_step()  # the first step also reads its own batch's counts
-    moved = _count_transfers(monkeypatch)
+    moved = count_transfers(monkeypatch)
     for _ in range(30):  # updates fall on steps 1-4, 6, 8, ... : every kind but the sweep
         moved.clear()
         tr.set_lr()
@@ -255,7 +245,7 @@ def test_photos_train_on_the_device_with_their_defaults(arch, tmp_path_factory, 
     tr = DeviceTrainer(train, cfg)
     assert tr.c2f_ramp > 0 and tr.pixel_jitter and tr._depth_rays(64) == 16
     tr.train_step()
-    moved = _count_transfers(monkeypatch)
+    moved = count_transfers(monkeypatch)
     for _ in range(9):
         moved.clear()
         tr.set_lr()

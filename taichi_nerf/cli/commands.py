@@ -99,6 +99,39 @@ def _load_run(run: Path):
     return load_model(ckpt)
 
 
+def _eval_data(a: argparse.Namespace, cfg: dict):
+    """(data, downscale, holdout) for `eval`: the options given, else what the checkpoint
+    says the run was trained on (its downscale and holdout too, when DATA is that data),
+    else the built-in scene at full size (said on stderr)."""
+    from taichi_nerf.api import is_builtin
+
+    rec = cfg.get("data")
+    rec = rec if isinstance(rec, dict) else {}
+    data = a.data
+    if data is None:
+        data = rec.get("data")
+        if not isinstance(data, str) or not data:
+            print(f"taichi-nerf eval: {a.run} does not record what it was trained on (an older "
+                  f"checkpoint); evaluating on the built-in scene; pass --data to choose",
+                  file=sys.stderr)
+            data = BUILTIN
+        elif not is_builtin(data) and not Path(data).exists():
+            raise CLIError(f"{a.run} was trained on {data}, which is not on this machine; "
+                           f"pass --data with that dataset's folder")
+
+    same = data == rec.get("data") or (
+        not is_builtin(data) and isinstance(rec.get("data"), str)
+        and not is_builtin(rec["data"]) and Path(data).resolve() == Path(rec["data"]))
+
+    def recorded(name: str, value, default: int) -> int:
+        if value is not None:
+            return value
+        v = rec.get(name) if same else None
+        return v if isinstance(v, int) and not isinstance(v, bool) else default
+
+    return data, recorded("downscale", a.downscale, 1), recorded("holdout", a.holdout, 8)
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from taichi_nerf.data import load_dataset
     from taichi_nerf.training.trainer import evaluate, write_json
@@ -113,8 +146,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
                            f"({e.strerror or e})") from None
     rt = _init(a.arch)
     cfg, renderer, scene = _load_run(a.run)
-    root = _resolve_data(a.data, a.quiet)
-    ds = load_dataset(root, a.split, a.downscale, a.holdout, scene=scene)
+    data, downscale, holdout = _eval_data(a, cfg)
+    root = _resolve_data(data, a.quiet)
+    ds = load_dataset(root, a.split, downscale, holdout, scene=scene)
     if ds.background is None and cfg.get("background") is not None:
         ds.background = __import__("numpy").asarray(cfg["background"], "float32")
     m = evaluate(renderer, ds, progress=not a.quiet, save_dir=a.save_images)

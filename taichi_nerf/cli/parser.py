@@ -173,12 +173,16 @@ def _parser() -> argparse.ArgumentParser:
                        description="Render every view of a split of DATA with the run's model "
                                    "and report PSNR and SSIM.")
     e.add_argument("run", type=Path, help="run folder written by `train`")
-    e.add_argument("--data", default=BUILTIN, help="dataset folder (default: built-in scene)")
+    e.add_argument("--data", default=None,
+                   help="dataset folder or builtin[:variant] (default: what the run was "
+                        "trained on, as its checkpoint records)")
     e.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
-    e.add_argument("--holdout", type=int, default=8,
+    e.add_argument("--holdout", type=int, default=None,
                    help="for formats without splits: every K-th frame is val/test (as in "
-                        "`train`; 0: all frames)")
-    e.add_argument("--downscale", type=int, default=1)
+                        "`train`; 0: all frames; default: the run's when DATA is its data, else 8)")
+    e.add_argument("--downscale", type=int, default=None,
+                   help="shrink images by this integer factor (default: the run's when DATA "
+                        "is its data, else 1)")
     e.add_argument("--json", type=Path, help="write {psnr, ssim, views, seconds_per_view} here")
     e.add_argument("--save-images", type=Path, help="also write the rendered views as PNGs here")
     e.add_argument("--quiet", action="store_true")

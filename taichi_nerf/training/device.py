@@ -76,13 +76,6 @@ def make_trainer(dataset: Dataset, config: TrainConfig) -> Trainer:
     return DeviceTrainer(dataset, config)
 
 
-def _upload_i32(a: np.ndarray):
-    a = np.ascontiguousarray(a, np.int32)
-    nd = ti.ndarray(ti.i32, shape=a.shape)
-    nd.from_numpy(a)
-    return nd
-
-
 class _Batch:
     """One step's rays on the device and their marched counts (see draw_rays, fit_samples)."""
 
@@ -126,7 +119,7 @@ class DeviceTrainer(Trainer):
         self._depth_obs = upload(obs)
         g = self.grid
         self._density = upload(g.density.cpu().numpy())
-        self._bitfield = _upload_i32(g.bitfield.cpu().numpy())
+        self._bitfield = upload(g.bitfield.cpu().numpy(), ti.i32)
         self._threshold = ti.ndarray(ti.f32, shape=(1,))
         self._partials = occ_k.threshold_partials(g.spec.resolution)
         self._new = ti.ndarray(ti.f32, shape=(g.spec.n_cells,))

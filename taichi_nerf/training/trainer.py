@@ -119,6 +119,9 @@ class Trainer:
     """Holds the field, the occupancy grid, the optimizer and the training images."""
 
     step_path = "host"  # where a step's field, loss and optimizer run (metrics.json)
+    # what the run was trained on ({"data", "downscale", "holdout"}, set by the CLI/API):
+    # `eval` without --data evaluates there
+    data_source: Optional[Dict[str, Any]] = None
 
     def __init__(self, dataset: Dataset, config: TrainConfig):
         self.rt = runtime.current()
@@ -311,6 +314,7 @@ class Trainer:
             "occ_cursor": self.grid._cursor,
             "occupancy_threshold": self.grid.threshold,
             "orbit": self.orbit,
+            **({"data": self.data_source} if self.data_source else {}),
         }
 
     def save(self, path: Path) -> None:
