@@ -16,7 +16,7 @@ from .checkpoint_io import read_checkpoint
 from .field_arrays import Temporaries, field_forward, upload
 from .hash_grid import checkpoint_table
 from .march import march_kernels, renders_whole, segment_continues, segment_length
-from .occupancy import checkpoint_bitfield
+from .occupancy import checkpoint_bitfield, occupied_bounds
 from .specs import T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec
 
 
@@ -98,6 +98,8 @@ class NerfModel:
                              for w, b in color_layers(arrays)]
         self.bitfield = ti.ndarray(ti.i32, shape=(self.occ.n_words,))
         self.bitfield.from_numpy(checkpoint_bitfield(config, arrays))
+        self.bounds = ti.ndarray(ti.f32, shape=(2, 3))
+        occupied_bounds(self.bitfield, self.occ.resolution, self.bounds)
         lo, hi = self.occ.aabb
         self.lo, self.size = lo[0], hi[0] - lo[0]
 
@@ -140,7 +142,7 @@ class NerfModel:
             return self._render_rays_whole(rays_o, rays_d, bg, t_threshold)
         k = march_kernels(self.occ, self.march)
         t, t_far = self._new(ti.f32, (R,)), self._new(ti.f32, (R,))
-        k.start(rays_o, rays_d, t, t_far)
+        k.start(rays_o, rays_d, self.bounds, t, t_far)
         T = self._new(ti.f32, (R,))
         T.fill(1.0)
         colour = self._new(ti.f32, (R, 3))

@@ -173,7 +173,9 @@ class MarchKernels:
 
     Marching in pieces (rendering, where most rays end long before they leave the box):
 
-    - ``start(rays_o, rays_d, t (R,), t_far (R,))``: each ray's first t (jitter 0) and exit t;
+    - ``start(rays_o, rays_d, bounds (2,3), t (R,), t_far (R,))``: each ray's first t
+      (jitter 0) and where its walk can end: the box's exit, or earlier the exit of
+      ``bounds`` (``occupancy.occupied_bounds``: every occupied cell lies inside);
     - ``segment(rays_o, rays_d, ids (A,) i32, t, t_far, taken (R,) i32, bitfield, limit,
       counts (A,) i32, t (A*limit,), dt, pos (A*limit,3), dir)``: the next at most `limit`
       samples of the rays ids[i], at rows i*limit.., counts[i] of them; t[ids] advances to
@@ -222,12 +224,20 @@ class MarchKernels:
         @ti.kernel
         def start(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),
                   rays_d: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  bounds: ti.types.ndarray(dtype=ti.f32, ndim=2),
                   t: ti.types.ndarray(dtype=ti.f32, ndim=1),
                   t_far: ti.types.ndarray(dtype=ti.f32, ndim=1)):
             for r in range(rays_o.shape[0]):
-                t0, t1 = ray_start(row3(rays_o, r), row3(rays_d, r), 0.0)
+                o, d = row3(rays_o, r), row3(rays_d, r)
+                t0, t1 = ray_start(o, d, 0.0)
+                # past the occupied cells' box a walk finds no sample: it ends there (a
+                # ray that misses the box ends at once); the samples stay those of the walk
+                b0, b1 = ray_aabb(o, d, ti.Vector([bounds[0, 0], bounds[0, 1], bounds[0, 2]]),
+                                  ti.Vector([bounds[1, 0], bounds[1, 1], bounds[1, 2]]))
+                if b1 < b0 or b1 < t0:
+                    t1 = t0
                 t[r] = t0
-                t_far[r] = t1
+                t_far[r] = ti.min(t1, b1)
 
         @ti.kernel
         def segment(rays_o: ti.types.ndarray(dtype=ti.f32, ndim=2),

@@ -196,6 +196,29 @@ def build_bitfield_on_device(density, resolution: int, n_cascades: int, bitfield
     _pool_cascades(bitfield, resolution, n_cascades)
 
 
+@ti.kernel
+def occupied_bounds(bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1), res: ti.i32,
+                    bounds: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    """bounds (2,3) = a model-space box around every occupied cell of every cascade, one
+    finest cell wider on each side (float rounding of a slab test); lo > hi when no cell is
+    occupied. Every sample a walk takes lies inside it (segmented rendering ends rays there)."""
+    for a in range(3):
+        bounds[0, a] = 1.0e30
+        bounds[1, a] = -1.0e30
+    margin = 1.0 / ti.cast(res, ti.f32)
+    for w in range(bitfield.shape[0]):
+        word = ti.cast(bitfield[w], ti.u32)
+        if word != ti.u32(0):
+            for b in range(32):
+                if (word >> ti.cast(b, ti.u32)) & ti.u32(1):
+                    c, cell = cell_of_index(w * 32 + b, res)
+                    size = ti.cast(1 << c, ti.f32)
+                    for a in ti.static(range(3)):
+                        lo = 0.5 + size * (ti.cast(cell[a], ti.f32) / res - 0.5)
+                        ti.atomic_min(bounds[0, a], lo - margin)
+                        ti.atomic_max(bounds[1, a], lo + size / res + margin)
+
+
 def unpack_bitfield(bitfield: np.ndarray, n_cells: int) -> np.ndarray:
     """bool (n_cells,) from a packed bitfield (n_words,) int32 (bit i in word i // 32)."""
     words = np.asarray(bitfield).astype(np.uint32)

@@ -19,7 +19,7 @@ OCC = OccupancySpec(n_cascades=2, resolution=16)
 def _segments(o, d, bitfield, march, gen):
     """Walk all rays in segments of random lengths -> per ray the list of (t, dt, pos, dir)."""
     R = o.shape[0]
-    t, t_far = ops.march_start(o, d, OCC, march)
+    t, t_far = ops.march_start(o, d, ops.occupied_bounds(bitfield, OCC), OCC, march)
     taken = torch.zeros(R, dtype=torch.int32)
     ids = torch.arange(R, dtype=torch.int32)
     got = [[] for _ in range(R)]
@@ -35,11 +35,40 @@ def _segments(o, d, bitfield, march, gen):
     return [torch.cat(g) if g else torch.zeros(0, 8) for g in got], taken
 
 
+def _cell_boxes(spec: OccupancySpec) -> torch.Tensor:
+    """(n_cells, 2, 3) model-space lo/hi corner of every cell (numpy's own indexing)."""
+    i = torch.arange(spec.n_cells)
+    res = spec.resolution
+    c, r = i // res ** 3, i % res ** 3
+    cell = torch.stack([r % res, (r // res) % res, r // res ** 2], -1).float()
+    size = (2.0 ** c.float())[:, None]
+    lo = 0.5 + size * (cell / res - 0.5)
+    return torch.stack([lo, lo + size / res], 1)
+
+
+def test_occupied_bounds_hold_every_occupied_cell(arch, gen):
+    occupied = torch.rand(OCC.n_cells, generator=gen) < 0.002
+    boxes = _cell_boxes(OCC)[occupied]
+    got = ops.occupied_bounds(_bitfield(occupied), OCC)
+    lo, hi = boxes[:, 0].min(0).values, boxes[:, 1].max(0).values
+    margin = 1.0 / OCC.resolution  # one finest cell either side
+    assert torch.allclose(got[0], lo - margin, atol=1e-6)
+    assert torch.allclose(got[1], hi + margin, atol=1e-6)
+    empty = ops.occupied_bounds(_bitfield(torch.zeros(OCC.n_cells, dtype=torch.bool)), OCC)
+    assert (empty[0] > empty[1]).all()  # nothing occupied: every ray misses
+
+
 @pytest.mark.parametrize("max_samples", [1024, 7])
-def test_segments_give_the_samples_of_one_walk(arch, gen, max_samples):
+@pytest.mark.parametrize("region", ["everywhere", "blob"])
+def test_segments_give_the_samples_of_one_walk(arch, gen, max_samples, region):
+    """Segments of random lengths equal one whole walk; "blob": the occupied cells fill a
+    small box, so most walks end early at its exit (or at once, missing it)."""
     march = MarchSpec(min_step=0.013, max_step=0.05, cone=0.02, max_samples=max_samples)
     o, d = _rays(gen, 200)
     occupied = torch.rand(OCC.n_cells, generator=gen) < 0.4
+    if region == "blob":
+        boxes = _cell_boxes(OCC)
+        occupied &= ((boxes[:, 0] >= 0.2) & (boxes[:, 1] <= 0.7)).all(1)
     bitfield = _bitfield(occupied)
     whole = ops.march_rays(o, d, bitfield, OCC, march)
     got, taken = _segments(o, d, bitfield, march, gen)

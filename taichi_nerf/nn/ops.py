@@ -22,6 +22,7 @@ import torch
 
 from taichi_nerf.nn import runtime
 from taichi_nerf.kernels import composite as composite_k
+from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.hash_grid import hash_grid_kernels
 from taichi_nerf.kernels.march import march_kernels
 from taichi_nerf.kernels.rays import ray_aabb_kernel
@@ -222,17 +223,29 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tenso
     return PackedSamples(t, dt, pos, dirs, ray_index, torch.stack([starts, counts], -1))
 
 
-def march_start(rays_o: torch.Tensor, rays_d: torch.Tensor, occ: OccupancySpec,
-                march: MarchSpec) -> Tuple[torch.Tensor, torch.Tensor]:
+def occupied_bounds(bitfield: torch.Tensor, occ: OccupancySpec) -> torch.Tensor:
+    """Bitfield (W,) int32 -> (2,3) model-space box around every occupied cell
+    (``kernels.occupancy.occupied_bounds``; lo > hi when none is occupied)."""
+    runtime.current()
+    check_tensor(bitfield, "occupancy bitfield", (occ.n_words,), torch.int32)
+    bounds = torch.empty(2, 3, dtype=torch.float32, device=bitfield.device)
+    occ_k.occupied_bounds(bitfield, occ.resolution, bounds)
+    return bounds
+
+
+def march_start(rays_o: torch.Tensor, rays_d: torch.Tensor, bounds: torch.Tensor,
+                occ: OccupancySpec, march: MarchSpec) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rays (R,3) (model space, unit directions) -> (t, t_far) (R,): where each ray's walk
-    starts (jitter 0) and where it leaves the box; the state :func:`march_segment` advances."""
+    starts (jitter 0) and where it can end (the box's exit, or that of the occupied cells'
+    `bounds` (2,3) from :func:`occupied_bounds`); the state :func:`march_segment` advances."""
     runtime.current()
     check_tensor(rays_o, "ray origins", (None, 3))
     check_tensor(rays_d, "ray directions", (rays_o.shape[0], 3))
-    _same_device(rays_o, rays_d)
+    check_tensor(bounds, "occupied bounds", (2, 3))
+    _same_device(rays_o, rays_d, bounds)
     t = torch.empty(rays_o.shape[0], dtype=torch.float32, device=rays_o.device)
     t_far = torch.empty_like(t)
-    march_kernels(occ, march).start(rays_o, rays_d, t, t_far)
+    march_kernels(occ, march).start(rays_o, rays_d, bounds, t, t_far)
     return t, t_far
 
 

@@ -22,6 +22,15 @@ class Renderer:
         self.lo = lo[0]
         self.size = hi[0] - lo[0]
 
+    def occupied_bounds(self) -> torch.Tensor:
+        """(2,3) model-space box of the grid's occupied cells, recomputed only when the
+        bitfield changed (training replaces or updates it)."""
+        b = self.grid.bitfield
+        key = (b.data_ptr(), b._version)
+        if getattr(self, "_bounds_key", None) != key:
+            self._bounds, self._bounds_key = ops.occupied_bounds(b, self.grid.spec), key
+        return self._bounds
+
     def to_unit(self, pos: torch.Tensor) -> torch.Tensor:
         """Model-space positions (M,3) -> hash-grid coordinates in [0,1]^3 over the model box."""
         return ((pos - self.lo) / self.size).clamp_(0.0, 1.0)
@@ -84,7 +93,7 @@ class Renderer:
         are render_rays' (jitter 0)."""
         dev, R = rays_o.device, rays_o.shape[0]
         occ, march = self.grid.spec, self.grid.march
-        t, t_far = ops.march_start(rays_o, rays_d, occ, march)
+        t, t_far = ops.march_start(rays_o, rays_d, self.occupied_bounds(), occ, march)
         T = torch.ones(R, dtype=torch.float32, device=dev)
         colour = torch.zeros(R, 3, dtype=torch.float32, device=dev)
         depth = torch.zeros(R, dtype=torch.float32, device=dev)
