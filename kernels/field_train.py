@@ -47,6 +47,15 @@ def _mse_and_grad(rgb: ti.types.ndarray(dtype=ti.f32, ndim=2),
         grad[r, a] = g
 
 
+@ti.func
+def _depth_sample(sigma: ti.template(), t: ti.template(), dt: ti.template(), i, lo, hi, T):
+    """Sample i of a depth ray with transmittance T before it -> (c_i, T after it, whether
+    tau_i is below TAU_MAX, i.e. passes a gradient)."""
+    tau = sigma[i] * dt[i]
+    c = (1.0 if t[i] < lo else 0.0) - (0.5 if t[i] <= hi else 0.0)
+    return c, T * ti.exp(-ti.min(tau, TAU_MAX)), tau < TAU_MAX
+
+
 @ti.kernel
 def sparse_depth_term(sigma: ti.types.ndarray(dtype=ti.f32, ndim=1),
                       t: ti.types.ndarray(dtype=ti.f32, ndim=1),
@@ -68,21 +77,16 @@ def sparse_depth_term(sigma: ti.types.ndarray(dtype=ti.f32, ndim=1),
         lo, hi = depth[r] * (1.0 - tolerance), depth[r] * (1.0 + tolerance)
         T, total = 1.0, 0.0
         for k in range(count):  # forward: the ray's weighted sum
-            i = start + k
-            tau = ti.min(sigma[i] * dt[i], TAU_MAX)
-            c = (1.0 if t[i] < lo else 0.0) - (0.5 if t[i] <= hi else 0.0)
-            T_next = T * ti.exp(-tau)
+            c, T_next, _ = _depth_sample(sigma, t, dt, start + k, lo, hi, T)
             total += c * (T - T_next)
             T = T_next
         ti.atomic_add(loss[0], scale * total)
         T, before = 1.0, 0.0
         for k in range(count):  # backward, with the sum of the later samples = total - done
             i = start + k
-            tau = ti.min(sigma[i] * dt[i], TAU_MAX)
-            c = (1.0 if t[i] < lo else 0.0) - (0.5 if t[i] <= hi else 0.0)
-            T_next = T * ti.exp(-tau)
+            c, T_next, live = _depth_sample(sigma, t, dt, i, lo, hi, T)
             before += c * (T - T_next)
-            if sigma[i] * dt[i] < TAU_MAX:
+            if live:
                 grad_sigma[i] += scale * dt[i] * (c * T_next - (total - before))
             T = T_next
     if n_depth > 0:
@@ -125,6 +129,7 @@ class FieldTrainingStep:
         self.color_acts = activations(len(self.color_layers), "sigmoid")
         self._tmp = Temporaries()  # the last call's arrays, kept until the next call syncs
         self.level_weights = None  # (L,) on the device once set_active_levels is called
+        self._g_table = ti.ndarray(ti.f32, shape=(spec.n_params, spec.n_features))
 
     def set_active_levels(self, active: float) -> None:
         """Coarse-to-fine: level l weighs clamp(active - l, 0, 1) from now on (the host
@@ -155,7 +160,7 @@ class FieldTrainingStep:
                   depth_weight: float = 0.0) -> Tuple[object, list]:
         """Packed samples pos (M,3) in [0,1], dirs (M,3) unit, t, dt (M,), rays (R,2) int32,
         bg and target (R,3) -> (loss ndarray (1,), gradients in ``params`` order), all on
-        the device: read the loss with ``loss.to_numpy()[0]`` when it is wanted. The loss
+        the device and valid until the next call: read the loss with ``loss.to_numpy()[0]`` when it is wanted. The loss
         is the mean over the first n_rays rays (default all; the rest have no samples), plus
         depth_weight times the sparse-depth loss of the first n_depth rays, whose points lie
         at depth (R,) model units (:func:`sparse_depth_term`)."""
@@ -190,7 +195,7 @@ class FieldTrainingStep:
                                             f.density_outs, g_h, new, want_input_grad=True)
         if self.level_weights is not None:  # enc was scaled: so is its gradient to the table
             scale_levels(g_enc, self.level_weights, self.spec.n_features)
-        g_table = new((self.spec.n_params, self.spec.n_features))
+        g_table = self._g_table  # table-sized: kept, not allocated per step
         g_table.fill(0.0)
         hk = hash_grid_kernels(self.spec)
         if table_grad_method(current().arch) == "by_level":

@@ -243,7 +243,7 @@ def test_photos_train_on_the_device_with_their_defaults(arch, tmp_path_factory, 
                       target_samples=1 << 12, init_rays=64, min_rays=64)
     assert device_step_blockers(cfg, train) == []
     tr = DeviceTrainer(train, cfg)
-    assert tr.c2f_ramp > 0 and tr.pixel_jitter and tr._depth_rays(64) == 16
+    assert tr.c2f_ramp > 0 and tr.pixel_jitter and tr.depth_rays(64) == 16
     tr.train_step()
     moved = count_transfers(monkeypatch)
     for _ in range(9):

@@ -98,6 +98,21 @@ class OccupancyGrid(torch.nn.Module):
         occ = self.occupied().reshape(self.spec.n_cascades, -1).float().mean(1)
         return [float(v) for v in occ]
 
+    def plan_update(self, step: int):
+        """Which cells the update at `step` visits -> (mode, count, first): SWEEP every cell
+        (step 0: one full pass carves empty space early), CURSOR `count` cells in order from
+        cell `first` (warm-up; advances the cursor), or RANDOM count/2 uniform cells and
+        count/2 occupied ones. Both the host update and the device trainer's follow it."""
+        n = self.spec.n_cells
+        budget = min(n, self.max_cells_per_update)
+        if step == 0:
+            return occ_k.SWEEP, n, 0
+        if step < self.warmup_steps:
+            first = self._cursor
+            self._cursor = (self._cursor + budget) % n
+            return occ_k.CURSOR, budget, first
+        return occ_k.RANDOM, 2 * (budget // 2), 0
+
     def update(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor],
                generator: Optional[torch.Generator] = None) -> None:
         """Sample cells, evaluate density_fn(model-space points (K,3)) -> sigma (K,), EMA, repack.
@@ -106,18 +121,16 @@ class OccupancyGrid(torch.nn.Module):
         that and their new optical thickness sigma * min_step (the same factor in every
         cascade); unseen cells (-1) stay as they are."""
         n = self.spec.n_cells
-        budget = min(n, self.max_cells_per_update)
-        if step == 0:
-            idx = torch.arange(n, device=self.device)  # one full pass carves empty space early
-        elif step < self.warmup_steps:
-            idx = (torch.arange(budget) + self._cursor) % n
-            self._cursor = (self._cursor + budget) % n
-            idx = idx.to(self.device)
+        mode, count, first = self.plan_update(step)
+        if mode == occ_k.SWEEP:
+            idx = torch.arange(n, device=self.device)
+        elif mode == occ_k.CURSOR:
+            idx = ((torch.arange(count) + first) % n).to(self.device)
         else:
-            uniform = torch.randint(0, n, (budget // 2,), generator=generator).to(self.device)
+            uniform = torch.randint(0, n, (count // 2,), generator=generator).to(self.device)
             occupied = torch.nonzero(self.occupied())[:, 0]
             if occupied.numel():
-                pick = torch.randint(0, occupied.numel(), (budget // 2,),
+                pick = torch.randint(0, occupied.numel(), (count // 2,),
                                      generator=generator).to(self.device)
                 idx = torch.cat([uniform, occupied[pick]])
             else:

@@ -18,7 +18,6 @@ loss, near-gradient scaling.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -35,9 +34,7 @@ from taichi_nerf.kernels.train_batch import (count_non_finite, draw_rays, fit_sa
 from taichi_nerf.nn import runtime
 from taichi_nerf.nn.renderer import Renderer
 from taichi_nerf.training.config import TrainConfig
-from taichi_nerf.training.metrics import psnr_from_mse
-from taichi_nerf.training.trainer import (LOSS_READ_EVERY, Trainer, TrainingDiverged,
-                                          active_levels, level_weights)
+from taichi_nerf.training.trainer import LOSS_READ_EVERY, Trainer, active_levels, level_weights
 
 log = logging.getLogger("taichi_nerf")
 
@@ -81,11 +78,12 @@ class _Batch:
 
     def __init__(self, tmp: Temporaries, n_rays: int):
         f32, i32 = tmp.f32, (lambda shape: tmp.new(ti.i32, shape))
-        self.n_rays = n_rays
         self.rays_o, self.rays_d, self.bg, self.target = (f32((n_rays, 3)) for _ in range(4))
         self.jitter, self.image, self.depth = f32((n_rays,)), i32((n_rays,)), f32((n_rays,))
         self.counts, self.offsets, self.fitted = (i32((n_rays,)) for _ in range(3))
         self.rays = i32((n_rays, 2))
+        self.n_depth = 0               # rays through sparse points (the first ones)
+        self.n_fit = self.n_samples = 0  # rays within the sample budget, their samples (read)
         self.tmp = tmp
 
 
@@ -129,12 +127,10 @@ class DeviceTrainer(Trainer):
         self._readout = ti.ndarray(ti.f32, shape=(len(READOUT),))
         self._march = march_kernels(g.spec, g.march)
         self._next: Optional[_Batch] = None   # the coming step's batch, marched and counted
-        self._next_counts = (0, 0)            # its rays that fit and their samples
         self._occ_tmp = Temporaries()
         self._step_tmp = Temporaries()
         self._host_stale = False
         self._c2f_progress = 0.0
-        self.transfers_per_step = 1  # what the step reads: the READOUT array
 
     # ------------------------------------------------------------------ host copy
     @property
@@ -211,17 +207,8 @@ class DeviceTrainer(Trainer):
     def _update_occupancy(self, step: int) -> None:
         """OccupancyGrid.update's schedule and EMA on the device (cells picked by kernels.rng)."""
         g, cfg = self.grid, self.config
-        n = g.spec.n_cells
-        budget = min(n, g.max_cells_per_update)
-        cursor, half = 0, 0
-        if step == 0:
-            mode, total = occ_k.SWEEP, n
-        elif step < g.warmup_steps:
-            mode, total, cursor = occ_k.CURSOR, budget, g._cursor
-            g._cursor = (g._cursor + budget) % n
-        else:
-            mode, half = occ_k.RANDOM, budget // 2
-            total = 2 * half
+        mode, total, cursor = g.plan_update(step)
+        half = total // 2  # RANDOM: uniform picks first, occupied ones after
         self._occ_tmp.release()
         lo, size = self._renderer.lo, self._renderer.size
         for first in range(0, total, OCC_CHUNK):
@@ -243,7 +230,7 @@ class DeviceTrainer(Trainer):
         tmp = Temporaries()
         b = _Batch(tmp, self.n_rays)
         d = self.dataset
-        b.n_depth = self._depth_rays(self.n_rays)
+        b.n_depth = self.depth_rays(self.n_rays)
         draw_rays(self.config.seed, 2 * self.step, self._pixels, len(d), d.height, d.width,
                   int(self.pixel_jitter), self._intrinsics, self._distortion, self._poses,
                   self._depth_obs, b.n_depth, b.rays_o, b.rays_d, b.bg, b.target, b.jitter,
@@ -253,28 +240,24 @@ class DeviceTrainer(Trainer):
                     self._readout, 1)
         return b
 
-    def _depth_rays(self, n_rays: int) -> int:
-        """How many of a batch's rays look through sparse points (the host trainer's share)."""
-        if self.depth_obs is None:
-            return 0
-        return min(n_rays, max(1, int(round(n_rays * self.config.sparse_depth_share))))
-
-    def _read(self) -> np.ndarray:
-        """The step's one host transfer."""
-        return self._readout.to_numpy()
+    def _read(self, batch: _Batch) -> np.ndarray:
+        """The step's one host transfer; books the batch's counts (READOUT[1:3])."""
+        vals = self._readout.to_numpy()
+        batch.n_fit, batch.n_samples = int(vals[1]), int(vals[2])
+        return vals
 
     def train_step(self, read_loss: bool = True) -> Dict[str, Any]:
         """One step on the device -> rays, samples, "loss" and "psnr" of this step (always
         read: the readout that sizes the next step carries it); raises TrainingDiverged."""
+        cfg = self.config
         if self._next is None:  # the first step, or after a load: draw and count its batch
             self._readout.fill(0.0)
             self._next = self._prepare()
-            vals = self._read()
-            self._next_counts = (int(vals[1]), int(vals[2]))
-        b, (n_fit, n_samples) = self._next, self._next_counts
+            self._read(self._next)
+        b = self._next
+        n_fit, n_samples = b.n_fit, b.n_samples
         if self.c2f_ramp > 0:
-            self._c2f_progress = self.config.budget_progress(self.step, self.elapsed)
-            cfg = self.config
+            self._c2f_progress = cfg.budget_progress(self.step, self.elapsed)
             self.device_step.set_active_levels(active_levels(
                 self._c2f_progress, cfg.n_levels, cfg.coarse_levels, self.c2f_ramp))
         self._step_tmp.release()
@@ -290,7 +273,6 @@ class DeviceTrainer(Trainer):
             for a in (t, dt, pos, dirs):
                 a.fill(0.0)
         to_unit(pos, self._renderer.lo, self._renderer.size)
-        cfg = self.config
         loss, grads = self.device_step.gradients(
             pos, dirs, t, dt, b.rays, b.bg, b.target, n_rays=n_fit, depth=b.depth,
             n_depth=min(b.n_depth, n_fit), depth_tolerance=cfg.sparse_depth_tolerance,
@@ -299,24 +281,14 @@ class DeviceTrainer(Trainer):
         self._host_stale = True
         self._readout.fill(0.0)
         store_scalar(loss, self._readout, 0)
-        check = (self.step + 1) % LOSS_READ_EVERY == 0
-        if check:
+        if (self.step + 1) % LOSS_READ_EVERY == 0:
             for p in self.device_step.params:
                 count_non_finite(p, self._readout, 3)
-        # the ray count of the next step (the host trainer's rule) and its batch
-        n = cfg.target_samples / max(n_samples / max(n_fit, 1), 1.0)
-        self.n_rays = int(min(max(n, cfg.min_rays), cfg.max_rays))
-        self.samples_seen += n_samples
-        self.rays_seen += n_fit
+        self.count_step(n_fit, n_samples)  # sizes the next batch (the host trainer's rule)
         self.step += 1
         self._next = self._prepare()
-        vals = self._read()
-        self._next_counts = (int(vals[1]), int(vals[2]))
+        vals = self._read(self._next)
         value = float(vals[0])
-        if not math.isfinite(value) or vals[3]:
-            what = (f"loss became {value}" if not math.isfinite(value)
-                    else f"{int(vals[3])} parameters became non-finite")
-            raise TrainingDiverged(f"{what} at step {self.step}")
+        stats = self.loss_stats(value, value, vals[3])  # raises TrainingDiverged
         b.tmp.release()
-        return {"mse": torch.tensor(value), "rays": n_fit, "samples": n_samples,
-                "loss": value, "psnr": psnr_from_mse(max(value, 1e-12))}
+        return {"mse": torch.tensor(value), "rays": n_fit, "samples": n_samples, **stats}

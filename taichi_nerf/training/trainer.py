@@ -193,7 +193,7 @@ class Trainer:
             pix += 0.5
         depth = torch.zeros(0)
         if self.depth_obs is not None:
-            n_d = min(n_rays, max(1, int(round(n_rays * self.config.sparse_depth_share))))
+            n_d = self.depth_rays(n_rays)
             obs = self.depth_obs[torch.randint(0, len(self.depth_obs), (n_d,), generator=g)]
             img[:n_d] = obs[:, 0].long()
             pix[:n_d] = obs[:, 1:3]
@@ -252,16 +252,28 @@ class Trainer:
         # counts after compaction, but it evaluates the samples behind the termination point
         # without gradients; here every marched sample goes through the field's forward and
         # backward, so marched samples are what a step costs
-        n = cfg.target_samples / max(n_samples / out["n_rays"], 1.0)
-        self.n_rays = int(min(max(n, cfg.min_rays), cfg.max_rays))
-        self.samples_seen += n_samples
-        self.rays_seen += out["n_rays"]
+        self.count_step(out["n_rays"], n_samples)
         self.step += 1
         stats: Dict[str, Any] = {"mse": mse_t.detach(), "rays": out["n_rays"],
                                  "samples": n_samples}
         if read_loss:
             stats.update(self.read_loss(loss.detach(), mse_t.detach()))
         return stats
+
+    def depth_rays(self, n_rays: int) -> int:
+        """How many of a batch of n_rays look through sparse points (0 without them)."""
+        if self.depth_obs is None:
+            return 0
+        return min(n_rays, max(1, int(round(n_rays * self.config.sparse_depth_share))))
+
+    def count_step(self, n_rays: int, n_samples: int) -> None:
+        """Book a step that rendered n_rays rays with n_samples samples, and size the next
+        step's batch so that it marches about target_samples samples."""
+        cfg = self.config
+        n = cfg.target_samples / max(n_samples / max(n_rays, 1), 1.0)
+        self.n_rays = int(min(max(n, cfg.min_rays), cfg.max_rays))
+        self.samples_seen += n_samples
+        self.rays_seen += n_rays
 
     def read_loss(self, loss: torch.Tensor, mse: torch.Tensor) -> Dict[str, float]:
         """Host readout of a step's total loss and MSE (0-d tensors) -> loss (the MSE) and
@@ -270,11 +282,16 @@ class Trainer:
         background-only renders is finite again."""
         bad = sum((~torch.isfinite(p)).sum() for p in self.field.parameters())
         total, value, n_bad = torch.stack([loss, mse, bad.to(loss.dtype)]).tolist()
+        return self.loss_stats(total, value, n_bad)
+
+    def loss_stats(self, total: float, mse: float, n_bad: float) -> Dict[str, float]:
+        """A step's read total loss, MSE and count of non-finite parameters -> loss (the MSE)
+        and PSNR; raises TrainingDiverged when the total or a parameter is NaN/inf."""
         if not math.isfinite(total) or n_bad:
             what = f"loss became {total}" if not math.isfinite(total) else \
                 f"{int(n_bad)} parameters became non-finite"
             raise TrainingDiverged(f"{what} at step {self.step}")
-        return {"loss": value, "psnr": psnr_from_mse(max(value, 1e-12))}
+        return {"loss": mse, "psnr": psnr_from_mse(max(mse, 1e-12))}
 
     def lr_now(self) -> float:
         """The learning rate now: lr, decaying exponentially to lr * lr_final_factor over
