@@ -266,7 +266,9 @@ class HashGridKernels:
     With per_class (the cpu's form) the batch kernels loop over each level class at run
     time; without it they unroll every level (see :func:`level_classes`).
 
-    - ``forward(pos (N,3), table (P,F), out (N,L*F))``: plain forward, any arch.
+    - ``forward(pos (N,3), table (P,F), out (N,L*F))``: plain forward, any arch; with
+      level_major (:func:`level_major_forward`) all points look up one level before the next,
+      else each point looks up its levels in turn.
     - ``forward_ad_pos``: same body with ``needs_grad`` annotations, for ``kernel.grad``
       on cpu/cuda (table and position gradients).
     - ``table_grad_by_level(pos, grad_out, grad_table)``: hand-written table gradient
@@ -279,7 +281,8 @@ class HashGridKernels:
       the forward.
     """
 
-    def __init__(self, spec: HashGridSpec, per_class: bool = True):
+    def __init__(self, spec: HashGridSpec, per_class: bool = True,
+                 level_major: bool = False):
         self.spec = spec
         L, F = spec.n_levels, spec.n_features
         self.corners, self.lookup = corners, lookup = make_level_funcs(spec)
@@ -297,22 +300,37 @@ class HashGridKernels:
                 for f in ti.static(range(F)):
                     out[i, l * F + f] = feat[f]
 
+        @ti.func
+        def encode_level(pos: ti.template(), table: ti.template(), out: ti.template(), i,
+                         c: ti.template(), j):
+            """Point i's features of the j-th level of class c into its row of out."""
+            l, res, first, s1, s2, inv1, inv2 = class_level(c, j)
+            p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
+            rows, weights = corners_in(p, c, res, first, s1, s2, inv1, inv2)
+            feat = ti.Vector.zero(ti.f32, F)
+            for k in ti.static(range(8)):
+                for f in ti.static(range(F)):
+                    feat[f] += weights[k] * table[rows[k], f]
+            for f in ti.static(range(F)):
+                out[i, l * F + f] = feat[f]
+
+        self.level_major = level_major
+
         @ti.kernel
         def forward(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
                     table: ti.types.ndarray(dtype=ti.f32, ndim=2),
                     out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-            for i in range(pos.shape[0]):
-                p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
+            if ti.static(level_major):
+                # every point looks up one level before the next (instant-ngp's order): the
+                # reads stay in one level's rows, a core's L2, not the whole table
                 for c in ti.static(range(C)):
-                    for j in range(ti.static(len(classes[c].levels))):
-                        l, res, first, s1, s2, inv1, inv2 = class_level(c, j)
-                        rows, weights = corners_in(p, c, res, first, s1, s2, inv1, inv2)
-                        feat = ti.Vector.zero(ti.f32, F)
-                        for k in ti.static(range(8)):
-                            for f in ti.static(range(F)):
-                                feat[f] += weights[k] * table[rows[k], f]
-                        for f in ti.static(range(F)):
-                            out[i, l * F + f] = feat[f]
+                    for j, i in ti.ndrange(ti.static(len(classes[c].levels)), pos.shape[0]):
+                        encode_level(pos, table, out, i, c, j)
+            else:
+                for i in range(pos.shape[0]):
+                    for c in ti.static(range(C)):
+                        for j in range(ti.static(len(classes[c].levels))):
+                            encode_level(pos, table, out, i, c, j)
 
         @ti.kernel
         def forward_ad_pos(pos: ti.types.ndarray(dtype=ti.f32, ndim=2, needs_grad=True),
@@ -365,9 +383,24 @@ class HashGridKernels:
         self.table_grad_atomic = table_grad_atomic
 
 
+# a hashed level at least this large (bytes) is encoded level-major on the cpu: measured
+# (BENCHMARKS 3d, 2^18 points, 2-core EPYC with 1 MiB L2 per core) equal at 512 KiB a level,
+# 1.3-2.7x faster at 1 MiB (the default 2^17 rows x 2 features), slower (0.8-0.9x) below,
+# where the whole table fits the caches anyway and the order only costs output traffic
+LEVEL_MAJOR_MIN_BYTES = 1 << 20
+
+
+def level_major_forward(spec: HashGridSpec, arch: str) -> bool:
+    """Whether the forward on `arch` runs level-major: on the cpu for levels of at least
+    LEVEL_MAJOR_MIN_BYTES. The GPUs keep the point-major order they were measured with."""
+    level_bytes = (1 << spec.log2_table) * spec.n_features * 4
+    return arch == "cpu" and level_bytes >= LEVEL_MAJOR_MIN_BYTES
+
+
 @functools.lru_cache(maxsize=None)
-def _kernels(spec: HashGridSpec, per_class: bool, generation: int) -> HashGridKernels:
-    return HashGridKernels(spec, per_class)
+def _kernels(spec: HashGridSpec, per_class: bool, level_major: bool,
+             generation: int) -> HashGridKernels:
+    return HashGridKernels(spec, per_class, level_major)
 
 
 def hash_grid_kernels(spec: HashGridSpec) -> HashGridKernels:
@@ -375,8 +408,9 @@ def hash_grid_kernels(spec: HashGridSpec) -> HashGridKernels:
     cpu's level-class kernels hold fields): level classes on cpu, every level unrolled else."""
     rt = runtime.current()
     if rt is None:
-        return _kernels(spec, True, 0)
-    return _kernels(spec, loops_per_class(rt.arch), rt.generation)
+        return _kernels(spec, True, level_major_forward(spec, "cpu"), 0)
+    return _kernels(spec, loops_per_class(rt.arch), level_major_forward(spec, rt.arch),
+                    rt.generation)
 
 
 def table_with_level_weights(table, spec: HashGridSpec, weights):

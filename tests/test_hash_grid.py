@@ -45,6 +45,32 @@ def test_forward_matches_reference(arch, gen, name):
 
 
 @pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("level_major", [False, True])
+def test_both_forward_orders_match_reference(arch, gen, name, level_major):
+    """The forward looks up level by level (every point, then the next level) or point by
+    point; the cpu picks by table size (level_major_forward), the test specs' small tables
+    would never take the level-major path, so both are built here."""
+    from taichi_nerf.kernels.hash_grid import HashGridKernels, loops_per_class
+    spec = SPECS[name]
+    pos, table = _inputs(spec, gen)
+    k = HashGridKernels(spec, loops_per_class(arch), level_major)
+    assert k.level_major == level_major
+    out = torch.empty(pos.shape[0], spec.out_dim)
+    k.forward(pos, table, out)
+    ref = reference.hash_encode(pos.double(), table.double(), spec)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_level_major_forward_for_large_levels_on_cpu():
+    from taichi_nerf.kernels.hash_grid import LEVEL_MAJOR_MIN_BYTES, level_major_forward
+    default = HashGridSpec(log2_table=17)  # the trainer's: 2^17 rows x 2 floats = 1 MiB
+    assert (1 << 17) * 2 * 4 >= LEVEL_MAJOR_MIN_BYTES
+    assert level_major_forward(default, "cpu")
+    assert not level_major_forward(HashGridSpec(log2_table=14), "cpu")
+    assert not any(level_major_forward(default, a) for a in ("cuda", "vulkan", "metal"))
+
+
+@pytest.mark.parametrize("name", list(SPECS))
 def test_table_gradient_matches_reference(arch, gen, name):
     spec = SPECS[name]
     pos, table = _inputs(spec, gen)
@@ -203,3 +229,20 @@ def test_kernels_loop_form_per_arch(arch):
     from taichi_nerf.kernels.hash_grid import hash_grid_kernels
     classes = hash_grid_kernels(SPECS["mixed"]).classes
     assert (len(classes) < SPECS["mixed"].n_levels) == (arch == "cpu")
+
+
+def test_hash_order_benchmark_compares_equal_features(cpu_runtime, capsys):
+    """benchmarks/hash_order.py builds the point-major forward beside the kernel's and checks
+    that both give the same features before it reports their times."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hash_order.py"
+    spec = importlib.util.spec_from_file_location("hash_order", path)
+    hash_order = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hash_order)
+    rows = hash_order.measure((8,), n_points=2048, repeats=1)
+    assert [r["points"] for r in rows] == ["random", "ray order"]
+    assert all(r["equal"] and r["point_ms"] > 0 and r["level_ms"] > 0 for r in rows)
+    assert hash_order.main(["--log2-table", "8", "--points", "512", "--repeats", "1"]) == 0
+    assert "| 8 | ray order |" in capsys.readouterr().out
