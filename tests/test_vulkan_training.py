@@ -14,7 +14,7 @@ from taichi_nerf.nn import runtime
 from conftest import cli, init_or_skip
 
 # 200 steps on the device, 32x32 built-in scene, --log2-table 12 --target-samples 8192:
-# 19.52 dB on lavapipe (166 s, compiling included; at the default 65536 samples a step takes
+# 19.52 dB on lavapipe (166 s, compiling included; at 65536 samples, the default then, a step takes
 # 4x longer); an untrained field renders the background, far below
 FLOOR = 17.5
 

@@ -92,7 +92,9 @@ class TrainConfig:
     lr_final_factor: float = _opt(0.1, "the lr decays exponentially over the second half of "
                                        "the budget to lr times this", lo=0, lo_open=True)
     weight_decay: float = _opt(1e-6, "L2 on the MLP weights only", lo=0)
-    target_samples: int = _opt(1 << 16, "samples per step; the ray count adapts to it", lo=1)
+    # 2^14: more, smaller steps reach a given PSNR sooner on 2 cores at every budget
+    # measured (20-300 s; BENCHMARKS 2j); a GPU likely wants far more (instant-ngp: 2^18)
+    target_samples: int = _opt(1 << 14, "samples per step; the ray count adapts to it", lo=1)
     init_rays: int = _opt(1 << 8, "rays of the first step (the first steps march an "
                                   "empty-looking grid: start small)", lo=1)
     min_rays: int = _opt(1 << 8, "fewest rays per step", lo=1)
