@@ -2,9 +2,9 @@
 
     python benchmarks/hash_order.py [--log2-table 17 19] [--points 262144] [--repeats 5]
 
-The library's forward looks up one level for every point before the next level. This
-script builds the order it replaced, each point looking up all its levels in turn, from the
-same building blocks (``make_class_corners``), and times both on the cpu in one process,
+The library's forward looks up one level for every point before the next level for large
+tables. This script builds the order it replaced, each point looking up all its levels in
+turn (the kernels' own point-major form), and times both on the cpu in one process,
 alternating: uniform random points, and points in ray order (rays of 32 samples 0.002
 apart, as a march packs them). Both must give the same features.
 """
@@ -18,33 +18,11 @@ import numpy as np
 
 
 def point_major_forward(spec):
-    """The forward as it was: a thread per point, all levels in turn (cpu level classes)."""
-    import taichi as ti
+    """The forward as it was: a thread per point, all levels in turn (the cpu's level
+    classes), the order the kernels keep for small tables."""
+    from taichi_nerf.kernels.hash_grid import HashGridKernels
 
-    from taichi_nerf.kernels.hash_grid import make_class_corners
-
-    F = spec.n_features
-    classes, class_level, corners_in = make_class_corners(spec)
-    C = len(classes)
-
-    @ti.kernel
-    def forward(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                table: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-        for i in range(pos.shape[0]):
-            p = ti.Vector([pos[i, 0], pos[i, 1], pos[i, 2]])
-            for c in ti.static(range(C)):
-                for j in range(ti.static(len(classes[c].levels))):
-                    l, res, first, s1, s2, inv1, inv2 = class_level(c, j)
-                    rows, weights = corners_in(p, c, res, first, s1, s2, inv1, inv2)
-                    feat = ti.Vector.zero(ti.f32, F)
-                    for k in ti.static(range(8)):
-                        for f in ti.static(range(F)):
-                            feat[f] += weights[k] * table[rows[k], f]
-                    for f in ti.static(range(F)):
-                        out[i, l * F + f] = feat[f]
-
-    return forward
+    return HashGridKernels(spec, per_class=True, level_major=False).forward
 
 
 def measure(log2_tables=(17, 19), n_points: int = 1 << 18, repeats: int = 5,
@@ -53,7 +31,7 @@ def measure(log2_tables=(17, 19), n_points: int = 1 << 18, repeats: int = 5,
     import taichi as ti
     import torch
 
-    from taichi_nerf.kernels.hash_grid import hash_grid_kernels
+    from taichi_nerf.kernels.hash_grid import HashGridKernels
     from taichi_nerf.kernels.specs import HashGridSpec
     from taichi_nerf.nn import runtime
 
@@ -69,7 +47,8 @@ def measure(log2_tables=(17, 19), n_points: int = 1 << 18, repeats: int = 5,
     rows = []
     for log2 in log2_tables:
         spec = HashGridSpec(log2_table=int(log2))
-        level_major = hash_grid_kernels(spec).forward
+        # both forms built explicitly: the library picks one per table size
+        level_major = HashGridKernels(spec, per_class=True, level_major=True).forward
         point_major = point_major_forward(spec)
         table = torch.randn(spec.n_params, spec.n_features, generator=gen) * 0.1
         for name, pos in points.items():
