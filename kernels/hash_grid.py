@@ -283,7 +283,7 @@ class HashGridKernels:
 
     def __init__(self, spec: HashGridSpec, per_class: bool = True,
                  level_major: bool = False):
-        self.spec = spec
+        self.spec, self.level_major = spec, level_major
         L, F = spec.n_levels, spec.n_features
         self.corners, self.lookup = corners, lookup = make_level_funcs(spec)
         classes, class_level, corners_in = make_class_corners(spec, per_class)
@@ -314,7 +314,6 @@ class HashGridKernels:
             for f in ti.static(range(F)):
                 out[i, l * F + f] = feat[f]
 
-        self.level_major = level_major
 
         @ti.kernel
         def forward(pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -393,7 +392,7 @@ LEVEL_MAJOR_MIN_BYTES = 1 << 20
 def level_major_forward(spec: HashGridSpec, arch: str) -> bool:
     """Whether the forward on `arch` runs level-major: on the cpu for levels of at least
     LEVEL_MAJOR_MIN_BYTES. The GPUs keep the point-major order they were measured with."""
-    level_bytes = (1 << spec.log2_table) * spec.n_features * 4
+    level_bytes = spec.table_size * spec.n_features * 4
     return arch == "cpu" and level_bytes >= LEVEL_MAJOR_MIN_BYTES
 
 
