@@ -78,6 +78,21 @@ def train_config(steps: Optional[int] = None, time: Optional[float] = None, seed
                        **{k: v for k, v in config.items() if v is not None})
 
 
+def saved_train_setting(checkpoint: Path, name: str) -> Any:
+    """TrainConfig field `name` as the checkpoint's run used it, or None when the file has
+    no valid value for it (an unreadable checkpoint fails later, where it is loaded)."""
+    from taichi_nerf.kernels.checkpoint_io import CheckpointError, load_checkpoint
+    from taichi_nerf.training.config import check_setting
+
+    try:
+        cfg, _ = load_checkpoint(checkpoint)
+        value = cfg["train"][name]
+        check_setting(name, value)
+    except (CheckpointError, KeyError, TypeError, OptionError):
+        return None
+    return value
+
+
 def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = None, *,
                      steps: Optional[int] = None, time: Optional[float] = None,
                      downscale: int = 1, holdout: int = 8, seed: int = 0,
@@ -99,6 +114,12 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
     out = Path(out) if out is not None else default_run_folder(data)
     if resume and not (out / CHECKPOINT_NAME).exists():
         raise OptionError(None, f"{out / CHECKPOINT_NAME}: no checkpoint to resume from")
+    if resume and cfg.finest_resolution is None:
+        # resume with the grid the run was built with: its default may have been an older
+        # rule's (a checkpoint that disagrees otherwise fails on load, naming the flag)
+        saved = saved_train_setting(out / CHECKPOINT_NAME, "finest_resolution")
+        if saved is not None:
+            cfg = dataclasses.replace(cfg, finest_resolution=saved)
     root = resolve_data(data, progress)
     if not is_builtin(data):
         from taichi_nerf.process import needs_processing, process_for_training

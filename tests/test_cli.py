@@ -213,6 +213,23 @@ def test_train_resume_names_every_differing_shape_flag(trained_run, scene32, tmp
                           "--occ-resolution")
 
 
+def test_train_resume_keeps_the_runs_finest_resolution(scene32, tmp_path, capsys):
+    """--resume without --finest-resolution builds the grid the checkpoint was trained with,
+    even where today's default for the data differs (an older rule's run)."""
+    from taichi_nerf.kernels.checkpoint_io import load_checkpoint
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", scene32, "--out", run, "--steps", TRAIN_STEPS,
+                     "--finest-resolution", "384", *FAST)
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "train", scene32, "--out", run, "--steps", TRAIN_STEPS + 1,
+                     "--resume", *FAST)
+    assert rc == 0, err
+    cfg, _ = load_checkpoint(run / "checkpoint.npz")
+    assert cfg["step"] == TRAIN_STEPS + 1
+    assert cfg["train"]["finest_resolution"] == 384
+    assert cfg["field"]["grid"]["finest_resolution"] == 384
+
+
 def _usage_error(capsys, *argv) -> str:
     """argparse's error line for `taichi-nerf argv...`, which must exit 2 while parsing."""
     with pytest.raises(SystemExit) as e:

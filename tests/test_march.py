@@ -224,7 +224,7 @@ def test_cone_step_follows_the_pixel_footprint_of_the_training_images():
     assert huge.cone <= huge.max_step
     intr = torch.tensor([[180.0, 172.0, 67.5, 120.0], [175.0, 175.0, 67.5, 120.0]]).numpy()
     assert pixel_angle(intr) == pytest.approx(1 / 172)
-    _, _, march = _specs(TrainConfig(footprint_steps=3.0), 4, 1 / 172)
+    _, _, march = _specs(TrainConfig(footprint_steps=3.0, finest_resolution=512), 4, 1 / 172)
     assert march.cone == pytest.approx(3 / 172)
 
 

@@ -185,3 +185,38 @@ def test_validations_do_not_use_up_the_time_budget(scene_dir, cpu_runtime, tmp_p
     # the budget counted training only: the run lasted its 3 s plus every validation
     assert m["train_seconds"] == pytest.approx(3.0, abs=1.0)
     assert wall >= m["train_seconds"] + 0.4 * evals
+
+
+def test_finest_resolution_follows_what_the_images_resolve(scene_dir, cpu_runtime):
+    """The default finest hash resolution puts CELLS_PER_PIXEL cells on a pixel's footprint at
+    the camera nearest the box centre, rounded up to a power of two in AUTO_FINEST; the trainer
+    builds its grid with it and saves the resolved value; an explicit setting wins."""
+    import dataclasses
+    from taichi_nerf.training.trainer import (AUTO_FINEST, CELLS_PER_PIXEL,
+                                              finest_resolution_for)
+    train = load_dataset(scene_dir, "train")
+    eyes = train.transform_poses()[:, :3, 3].astype(np.float64)
+    dist = float(np.min(np.linalg.norm(eyes - 0.5, axis=1)))
+
+    def with_focal(f):
+        intr = train.intrinsics.copy()
+        intr[:, :2] = f
+        return dataclasses.replace(train, intrinsics=intr)
+
+    for pixels_across, want in [(207, 512), (413, 1024), (827, 2048), (5000, 2048), (10, 128),
+                                (200, 512), (260, 1024)]:
+        cells = CELLS_PER_PIXEL * pixels_across
+        assert finest_resolution_for(with_focal(pixels_across * dist)) == want, cells
+    lo, hi = AUTO_FINEST
+    assert lo <= finest_resolution_for(train) <= hi
+    ds = with_focal(207 * dist)
+    closer = ds.poses.copy()  # one camera at 0.45 of the distance: its pixels decide
+    centre = (0.5 - ds.scene_offset) / ds.scene_scale
+    closer[0, :3, 3] = centre + (closer[0, :3, 3] - centre) * 0.45
+    assert finest_resolution_for(dataclasses.replace(ds, poses=closer)) == 1024
+    t = Trainer(ds, small_config(steps=1))
+    assert t.config.finest_resolution == 512
+    assert t.field.config.grid.finest_resolution == 512
+    assert t.checkpoint_config()["train"]["finest_resolution"] == 512
+    assert Trainer(ds, small_config(steps=1, finest_resolution=96)) \
+        .field.config.grid.finest_resolution == 96

@@ -101,9 +101,11 @@ class TrainConfig:
     max_rays: int = _opt(1 << 16, "most rays per step", lo=1)
     log2_table: int = _opt(17, "hash table size per level, log2", lo=4, hi=MAX_LOG2_TABLE)
     n_levels: int = _opt(16, "levels of the hash grid", lo=1, hi=32)
-    finest_resolution: int = _opt(2048, "resolution of the finest hash level over the core "
-                                        "cube (times the aabb scale, at most 2^15)",
-                                  lo=16, hi=MAX_RESOLUTION)
+    finest_resolution: Optional[int] = _opt(
+        None, "resolution of the finest hash level over the core cube (times the aabb scale, "
+              "at most 2^15; default: what the training images resolve, 2 cells per pixel at "
+              "the camera nearest the box centre, a power of two in [128, 2048])",
+        lo=16, hi=MAX_RESOLUTION)
     occ_resolution: int = _opt(128, "occupancy grid cells per side of each cascade", lo=4,
                                hi=512, multiple_of=4)
     occ_cells_per_update: int = _opt(1 << 17, "most occupancy cells one grid update evaluates",

@@ -86,6 +86,33 @@ def pixel_angle(intrinsics: np.ndarray) -> float:
     return 1.0 / float(np.min(np.asarray(intrinsics)[:, :2]))
 
 
+# hash cells per pixel footprint at the finest level: 2 samples a pixel (Nyquist), at the
+# camera nearest the box centre (the finest detail any image resolves; photos whose subject
+# sits near the cameras keep fine levels). 120-150 s runs (BENCHMARKS 2k): Lego 200x200 gets
+# 512 (instant-ngp's 2048 is for 800x800): 27.47/27.31 dB against 26.90/26.80; the built-in
+# scene 512: 31.45 against 31.14; fox 135x240 gets 512: 23.67 against 23.68 (256 lost 1 dB)
+CELLS_PER_PIXEL = 2.0
+AUTO_FINEST = (128, 2048)  # the automatic finest resolution's range
+
+
+def finest_resolution_for(ds: Dataset) -> int:
+    """The finest hash level's cells per side of the core cube that resolve ds's pixels:
+    CELLS_PER_PIXEL per pixel footprint at the camera nearest the box centre, rounded up to
+    a power of two in AUTO_FINEST (2048 for 800x800 Lego, 512 at 200x200)."""
+    eyes = ds.transform_poses()[:, :3, 3].astype(np.float64)
+    dist = float(np.min(np.linalg.norm(eyes - 0.5, axis=1)))
+    cells = CELLS_PER_PIXEL / max(dist * pixel_angle(ds.intrinsics), 1e-12)
+    lo, hi = AUTO_FINEST
+    return int(min(max(1 << max(0, math.ceil(math.log2(max(cells, 1.0)))), lo), hi))
+
+
+def resolve_config(config: TrainConfig, ds: Dataset) -> TrainConfig:
+    """config with its data-dependent defaults (None) set for ds: the finest resolution."""
+    if config.finest_resolution is None:
+        config = dataclasses.replace(config, finest_resolution=finest_resolution_for(ds))
+    return config
+
+
 def adam(groups, lr: float) -> torch.optim.Adam:
     """instant-ngp's Adam (betas 0.9/0.99, eps 1e-15); fused where torch has it for the device:
     the step over the hash table (millions of floats) is memory-bound, and the fused kernel
@@ -126,7 +153,7 @@ class Trainer:
     def __init__(self, dataset: Dataset, config: TrainConfig):
         self.rt = runtime.current()
         self.device = self.rt.torch_device
-        self.config = config
+        self.config = config = resolve_config(config, dataset)
         self.dataset = dataset
         self.scene = dataset.scene
         self.generator = torch.Generator().manual_seed(config.seed)
