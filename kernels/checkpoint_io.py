@@ -37,8 +37,10 @@ def json_from_array(arr: np.ndarray) -> Any:
 
 
 def load_checkpoint(path: "os.PathLike[str] | str", required_arrays: Iterable[str] = (),
-                    required_config: Iterable[str] = ()) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """Read a checkpoint -> (config dict incl. format_version, {name: array}); CheckpointError if bad."""
+                    required_config: Iterable[str] = (),
+                    arrays: bool = True) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """Read a checkpoint -> (config dict incl. format_version, {name: array}); CheckpointError if
+    bad. arrays=False reads the config alone (the arrays dict comes back empty)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -49,17 +51,19 @@ def load_checkpoint(path: "os.PathLike[str] | str", required_arrays: Iterable[st
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise CheckpointError(f"checkpoint {path}: a single .npy array, not an .npz checkpoint")
         with z:
-            arrays = {k: z[k] for k in z.files}
+            # the archive is read lazily: skipping the arrays skips their bytes
+            names = z.files if arrays else [k for k in z.files if k == CONFIG_KEY]
+            data = {k: z[k] for k in names}
     except CheckpointError:
         raise
     except Exception as e:  # zip, npy-header and I/O errors: a corrupt or truncated file
         raise CheckpointError(f"checkpoint {path}: unreadable, truncated or corrupt "
                               f"({one_line(e)})") from None
-    if CONFIG_KEY not in arrays:
+    if CONFIG_KEY not in data:
         raise CheckpointError(f"checkpoint {path}: missing required key {CONFIG_KEY!r} "
                               f"(not a taichi-nerf checkpoint?)")
     try:
-        config = json_from_array(arrays.pop(CONFIG_KEY))
+        config = json_from_array(data.pop(CONFIG_KEY))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint {path}: bad config JSON ({one_line(e)})") from None
     if not isinstance(config, dict):
@@ -70,10 +74,10 @@ def load_checkpoint(path: "os.PathLike[str] | str", required_arrays: Iterable[st
         raise CheckpointError(f"checkpoint {path}: format_version {version!r} is not supported "
                               f"(this version reads {FORMAT_VERSION})")
     missing = [k for k in required_config if k not in config]
-    missing += [k for k in required_arrays if k not in arrays]
+    missing += [k for k in required_arrays if arrays and k not in data]
     if missing:
         raise CheckpointError(f"checkpoint {path}: missing required keys {missing}")
-    return config, arrays
+    return config, data
 
 
 def read_checkpoint(path: "os.PathLike[str] | str") -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:

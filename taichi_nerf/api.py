@@ -85,7 +85,7 @@ def saved_train_setting(checkpoint: Path, name: str) -> Any:
     from taichi_nerf.training.config import check_setting
 
     try:
-        cfg, _ = load_checkpoint(checkpoint)
+        cfg, _ = load_checkpoint(checkpoint, arrays=False)
         value = cfg["train"][name]
         check_setting(name, value)
     except (CheckpointError, KeyError, TypeError, OptionError):

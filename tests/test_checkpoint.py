@@ -154,6 +154,20 @@ def test_bad_files_raise_one_line_errors_naming_the_file(tmp_path):
         ck.load_checkpoint(tmp_path / "missing" / "x.npz")
 
 
+def test_config_only_read_skips_the_arrays(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    ck.save_checkpoint(path, {"train": {"finest_resolution": 384}},
+                       {"w": np.random.default_rng(0).random(1000)})
+    cfg, arrs = ck.load_checkpoint(path, required_arrays=["table"], arrays=False)
+    assert cfg["train"]["finest_resolution"] == 384 and arrs == {}
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the array's bytes: only reading them notices
+    path.write_bytes(bytes(data))
+    assert ck.load_checkpoint(path, arrays=False)[0] == cfg
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ck.load_checkpoint(path)
+
+
 def test_loads_without_torch(tmp_path):
     """Checkpoints are read by torch-free code: the module must not import torch at load."""
     path = tmp_path / "c.npz"

@@ -103,7 +103,7 @@ def finest_resolution_for(ds: Dataset) -> int:
     dist = float(np.min(np.linalg.norm(eyes - 0.5, axis=1)))
     cells = CELLS_PER_PIXEL / max(dist * pixel_angle(ds.intrinsics), 1e-12)
     lo, hi = AUTO_FINEST
-    return int(min(max(1 << max(0, math.ceil(math.log2(max(cells, 1.0)))), lo), hi))
+    return min(1 << math.ceil(math.log2(max(cells, lo))), hi)  # lo is a power of two
 
 
 def resolve_config(config: TrainConfig, ds: Dataset) -> TrainConfig:
