@@ -150,6 +150,12 @@ class OccupancySpec:
         return (0.5 - h,) * 3, (0.5 + h,) * 3
 
 
+# The fixed step spans this many cells of the hash grid's finest level: instant-ngp's
+# sqrt(3)/1024 at its finest 2048. A step fixed in model units instead oversampled coarser
+# grids (Lego 200x200, finest 512: 31 samples a ray; 4x the step gave +1.7 dB at 120 s).
+STEP_FINEST_CELLS = 2.0 * math.sqrt(3.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class MarchSpec:
     """Ray-marching step rule: fixed min step, cone step t*cone clamped to [min, max]."""
@@ -170,13 +176,19 @@ class MarchSpec:
 
     @staticmethod
     def for_occupancy(occ: OccupancySpec, max_samples: int = 1024, near: float = 0.0,
-                      pixel_angle: float = 0.0, footprint_steps: float = 0.0) -> "MarchSpec":
-        """instant-ngp's rule: fixed step in the unit box, cone step 1/256 when cascades > 1;
-        with pixel_angle (radians per pixel of the training images, 1 / focal in pixels) the
-        cone is at least footprint_steps pixel footprints (steps of the image's own scale)."""
+                      pixel_angle: float = 0.0, footprint_steps: float = 0.0,
+                      finest_resolution: int = 2048) -> "MarchSpec":
+        """instant-ngp's rule: fixed step of STEP_FINEST_CELLS cells of the hash grid's finest
+        level in the unit box (finest_resolution cells a side; sqrt(3)/1024 at 2048), cone
+        step 1/256 when cascades > 1; with pixel_angle (radians per pixel of the training
+        images, 1 / focal in pixels) the cone is at least footprint_steps pixel footprints
+        (steps of the image's own scale)."""
+        if finest_resolution < 1:
+            raise ValueError(f"finest_resolution must be >= 1, got {finest_resolution}")
         cone = 0.0
         if occ.n_cascades > 1:
             cone = max(1.0 / 256.0, footprint_steps * pixel_angle)
         max_step = 2.0 ** (occ.n_cascades - 1) / occ.resolution * math.sqrt(3.0)
-        return MarchSpec(min_step=math.sqrt(3.0) / 1024.0, cone=min(cone, max_step),
+        min_step = min(STEP_FINEST_CELLS / finest_resolution, max_step)
+        return MarchSpec(min_step=min_step, cone=min(cone, max_step),
                          max_step=max_step, max_samples=max_samples, near=near)

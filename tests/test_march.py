@@ -228,6 +228,28 @@ def test_cone_step_follows_the_pixel_footprint_of_the_training_images():
     assert march.cone == pytest.approx(3 / 172)
 
 
+def test_fixed_step_spans_the_same_finest_cells_at_every_grid_resolution():
+    """The fixed step is STEP_FINEST_CELLS cells of the finest hash level: instant-ngp's
+    sqrt(3)/1024 at 2048, 4x that at 512 (Lego 200x200), never above one coarsest cell."""
+    from taichi_nerf.kernels.specs import STEP_FINEST_CELLS
+    from taichi_nerf.training.trainer import TrainConfig, _specs
+    one = OccupancySpec(n_cascades=1, resolution=128)
+    assert MarchSpec.for_occupancy(one).min_step == pytest.approx(math.sqrt(3) / 1024)
+    assert MarchSpec.for_occupancy(one, finest_resolution=2048).min_step == pytest.approx(
+        math.sqrt(3) / 1024)
+    at512 = MarchSpec.for_occupancy(one, finest_resolution=512)
+    assert at512.min_step == pytest.approx(4 * math.sqrt(3) / 1024)
+    assert at512.min_step * 512 == pytest.approx(STEP_FINEST_CELLS)
+    coarse = MarchSpec.for_occupancy(one, finest_resolution=64)
+    assert coarse.min_step == coarse.max_step == pytest.approx(math.sqrt(3) / 128)
+    with pytest.raises(ValueError, match="finest_resolution"):
+        MarchSpec.for_occupancy(one, finest_resolution=0)
+    # the trainer's rule reads the core cube's finest resolution, not the grid's (x aabb_scale)
+    for scale in (1, 4):
+        _, _, march = _specs(TrainConfig(finest_resolution=512), scale, 1 / 172)
+        assert march.min_step == pytest.approx(STEP_FINEST_CELLS / 512)
+
+
 def test_walk_ray_callback_gets_the_batch_samples_and_can_stop(arch, gen):
     """walk_ray, the one walk behind the batch passes and NerfScene.march, called from a user
     kernel: its callback sees the fill pass's samples (t, dt), gets its context by reference,

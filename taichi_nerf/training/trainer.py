@@ -138,7 +138,8 @@ def _specs(cfg: TrainConfig, aabb_scale: int, angle: float):
                         finest_resolution=min(cfg.finest_resolution * aabb_scale, 1 << 15))
     occ = OccupancySpec(n_cascades=int(math.log2(aabb_scale)) + 1, resolution=cfg.occ_resolution)
     march = MarchSpec.for_occupancy(occ, max_samples=cfg.max_samples_per_ray, near=cfg.near,
-                                    pixel_angle=angle, footprint_steps=cfg.footprint_steps)
+                                    pixel_angle=angle, footprint_steps=cfg.footprint_steps,
+                                    finest_resolution=cfg.finest_resolution)
     return FieldConfig(grid=grid), occ, march
 
 
