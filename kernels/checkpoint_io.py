@@ -40,7 +40,8 @@ def load_checkpoint(path: "os.PathLike[str] | str", required_arrays: Iterable[st
                     required_config: Iterable[str] = (),
                     arrays: bool = True) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """Read a checkpoint -> (config dict incl. format_version, {name: array}); CheckpointError if
-    bad. arrays=False reads the config alone (the arrays dict comes back empty)."""
+    bad. arrays=False reads the config alone (the arrays dict comes back empty, and
+    required_arrays are not checked: no array is read)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path}: no such file")
