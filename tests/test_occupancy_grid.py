@@ -207,6 +207,27 @@ def test_numpy_cell_lookup_equals_the_taichi_rule(arch):
     np.testing.assert_array_equal(point_cell_index(p, n, res), out)
 
 
+def test_step_0_evaluates_the_outer_cascades_and_the_cursors_first_share(cpu_runtime, gen):
+    """The untrained field must not carve the core cube at once: step 0 visits the outer
+    cascades whole and cascade 0's first cursor share; a grid without a warm-up sweeps."""
+    grid = make_grid(cascades=2, budget=1 << 9)  # 2 x 16^3 cells, 512 an update
+    c0 = grid.spec.cells_per_cascade
+    grid.update(0, ball_density(), gen)
+    visited = torch.zeros(grid.spec.n_cells, dtype=torch.bool)
+    visited[:512] = visited[c0:] = True
+    assert torch.isinf(grid.density[~visited]).all() and grid.occupied()[~visited].all()
+    assert torch.isfinite(grid.density[visited]).all()
+    assert not grid.occupied()[:512].any()  # visited cells of cascade 0 outside the ball
+    assert grid.plan_update(1) == (occ_k.CURSOR, 512, 512)
+    one = make_grid(budget=1 << 9)
+    assert one.plan_update(0) == (occ_k.CURSOR, 512, 0)
+    whole = make_grid(cascades=2, budget=1 << 20)
+    assert whole.plan_update(0) == (occ_k.CURSOR, 2 * c0, c0)  # every cell once
+    no_warmup = make_grid(budget=1 << 9, warmup=0)
+    assert no_warmup.plan_update(0) == (occ_k.SWEEP, no_warmup.spec.n_cells, 0)
+    assert no_warmup.plan_update(1)[0] == occ_k.RANDOM
+
+
 def test_schedule_matches_instant_ngp(cpu_runtime):
     grid = make_grid()
     due = [s for s in range(0, 300) if grid.due(s)]

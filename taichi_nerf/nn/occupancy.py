@@ -23,9 +23,10 @@ class OccupancyGrid(torch.nn.Module):
     the checkpoint saves the resulting bitfield, so every renderer samples the
     same cells. Cells that no training camera sees (:meth:`mark_unseen`) hold
     -1 and are never occupied or updated; cells not evaluated yet hold +inf and
-    count as occupied until the first update, which evaluates every cell; later
-    warm-up updates visit the cells in turn, a bounded share per update (a CPU cannot
-    afford instant-ngp's every cell at every update of the first 256 steps).
+    count as occupied until an update evaluates them: the first evaluates the outer
+    cascades whole, and warm-up updates visit the cells in turn, a bounded share per
+    update (a CPU cannot afford instant-ngp's every cell at every update of the first
+    256 steps).
     """
 
     density: torch.Tensor
@@ -99,12 +100,21 @@ class OccupancyGrid(torch.nn.Module):
         return [float(v) for v in occ]
 
     def plan_update(self, step: int):
-        """Which cells the update at `step` visits -> (mode, count, first): SWEEP every cell
-        (step 0: one full pass carves empty space early), CURSOR `count` cells in order from
-        cell `first` (warm-up; advances the cursor), or RANDOM count/2 uniform cells and
-        count/2 occupied ones. Both the host update and the device trainer's follow it."""
+        """Which cells the update at `step` visits -> (mode, count, first): CURSOR `count`
+        cells in order from cell `first`, mod n (warm-up; advances the cursor), SWEEP every
+        cell (step 0 without a warm-up), or RANDOM count/2 uniform cells and count/2
+        occupied ones. Both the host update and the device trainer's follow it."""
         n = self.spec.n_cells
         budget = min(n, self.max_cells_per_update)
+        if step == 0 and self.warmup_steps > 0:
+            # Every cell of the outer cascades, then the cursor's first share of cascade 0
+            # (the core cube, where the object is): the untrained field's densities carve at
+            # random, which clears background fog early but also carved the object's cells
+            # (Lego: all but 0.6% of the grid empty by step 3). BENCHMARKS 2o.
+            first = self.spec.cells_per_cascade % n
+            count = min(n, n - first + budget) if first else budget
+            self._cursor = (first + count) % n
+            return occ_k.CURSOR, count, first
         if step == 0:
             return occ_k.SWEEP, n, 0
         if step < self.warmup_steps:
