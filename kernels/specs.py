@@ -160,7 +160,7 @@ STEP_FINEST_CELLS = 2.0 * math.sqrt(3.0)
 class MarchSpec:
     """Ray-marching step rule: fixed min step, cone step t*cone clamped to [min, max]."""
 
-    min_step: float = math.sqrt(3.0) / 1024.0
+    min_step: float = STEP_FINEST_CELLS / 2048  # instant-ngp's sqrt(3)/1024
     cone: float = 0.0            # dt = t * cone; 1/256 for scenes larger than the unit box
     max_step: float = 1.0 / 128  # at most one cell of the outermost cascade
     max_samples: int = 1024

@@ -106,21 +106,19 @@ class OccupancyGrid(torch.nn.Module):
         occupied ones. Both the host update and the device trainer's follow it."""
         n = self.spec.n_cells
         budget = min(n, self.max_cells_per_update)
-        if step == 0 and self.warmup_steps > 0:
-            # Every cell of the outer cascades, then the cursor's first share of cascade 0
-            # (the core cube, where the object is): the untrained field's densities carve at
-            # random, which clears background fog early but also carved the object's cells
-            # (Lego: all but 0.6% of the grid empty by step 3). BENCHMARKS 2o.
-            first = self.spec.cells_per_cascade % n
-            count = min(n, n - first + budget) if first else budget
+        if step < self.warmup_steps:
+            first, count = self._cursor, budget
+            if step == 0:
+                # Every cell of the outer cascades, then the cursor's first share of cascade
+                # 0 (the core cube, where the object is): the untrained field's densities
+                # carve at random, which clears background fog early but also carved the
+                # object's cells (Lego: all but 0.6% of the grid empty by step 3). BENCHMARKS 2o.
+                first = self.spec.cells_per_cascade % n
+                count = min(n, (n - first) % n + budget)
             self._cursor = (first + count) % n
             return occ_k.CURSOR, count, first
         if step == 0:
             return occ_k.SWEEP, n, 0
-        if step < self.warmup_steps:
-            first = self._cursor
-            self._cursor = (self._cursor + budget) % n
-            return occ_k.CURSOR, budget, first
         return occ_k.RANDOM, 2 * (budget // 2), 0
 
     def update(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor],
