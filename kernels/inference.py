@@ -99,7 +99,8 @@ class NerfModel:
         self.bitfield = ti.ndarray(ti.i32, shape=(self.occ.n_words,))
         self.bitfield.from_numpy(checkpoint_bitfield(config, arrays))
         self.bounds = ti.ndarray(ti.f32, shape=(2, 3))
-        occupied_bounds(self.bitfield, self.occ.resolution, self.bounds)
+        occupied_bounds(self.bitfield, self.occ.resolution, self.occ.n_cascades,
+                        self.bounds)
         lo, hi = self.occ.aabb
         self.lo, self.size = lo[0], hi[0] - lo[0]
 

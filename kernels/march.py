@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import taichi as ti
 
-from .occupancy import cascade_of, cell_coords, cell_index, is_occupied
+from .occupancy import block_bit, cascade_of, cell_coords, cell_index, is_occupied
 from .rays import ray_aabb, row3, safe_inv
 from .specs import ROUND_SAMPLES, SEGMENT_MIN, WHOLE_WALK_SLOTS, MarchSpec, OccupancySpec
 
@@ -33,7 +33,8 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
     """@ti.funcs for one grid/step rule: ``step_size(t)``, ``ray_start`` and ``walk_from`` (the
     one walk, with a per-sample callback, resumable), ``walk_ray`` (both in one),
     ``march_ray(...)`` (the batch passes' use of it), ``cell_exit_t(o, inv_d, p, c, t)`` and
-    ``write_sample`` (the callback that stores samples)."""
+    ``write_sample`` (the callback that stores samples). The walk reads the bitfield's cells and
+    its empty-space blocks (kernels.occupancy)."""
     C, R = occ.n_cascades, occ.resolution
     lo, hi = occ.aabb
     min_step, max_step, cone = march.min_step, march.max_step, march.cone
@@ -44,18 +45,24 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
         return ti.math.clamp(t * cone, min_step, max_step)
 
     @ti.func
-    def cell_exit_t(o, inv_d, p, c, t):
-        """t at which the ray leaves the current cell of cascade c."""
+    def exit_t(o, inv_d, p, c, t, span: ti.template()):
+        """t at which the ray leaves the box of span^3 cells (aligned to multiples of span)
+        of cascade c that holds p; at least t."""
         size = ti.cast(1 << c, ti.f32)
-        q = ((p - 0.5) / size + 0.5) * R           # position in cell units
-        cell = ti.floor(q)
+        q = ((p - 0.5) / size + 0.5) * R / span    # position in units of the box
+        box = ti.floor(q)
         tx = ti.Vector([0.0, 0.0, 0.0])
         for a in ti.static(range(3)):
             # next boundary along axis a, back in model space
-            b = cell[a] + (1.0 if inv_d[a] > 0 else 0.0)
+            b = (box[a] + (1.0 if inv_d[a] > 0 else 0.0)) * span
             wb = (b / R - 0.5) * size + 0.5
             tx[a] = (wb - o[a]) * inv_d[a]
         return ti.max(ti.min(tx[0], tx[1], tx[2]), t)
+
+    @ti.func
+    def cell_exit_t(o, inv_d, p, c, t):
+        """t at which the ray leaves the current cell of cascade c."""
+        return exit_t(o, inv_d, p, c, t, 1)
 
     @ti.func
     def ray_start(o, d, jitter):
@@ -85,22 +92,40 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
             if t + 0.5 * dt >= t_far:
                 break
             p = o + (t + 0.5 * dt) * d
-            c = ti.max(cascade_of(p, C), 0)
-            # a step larger than this cascade's cell uses the coarser cascade
-            while c < C - 1 and dt * R > ti.cast(1 << c, ti.f32):
-                c += 1
-            idx = cell_index(c, cell_coords(p, c, R), R)
-            if is_occupied(bitfield, idx):
+            c = 0
+            if ti.static(C > 1):
+                c = ti.max(cascade_of(p, C), 0)
+                # a step larger than this cascade's cell uses the coarser cascade
+                while c < C - 1 and dt * R > ti.cast(1 << c, ti.f32):
+                    c += 1
+            cell = cell_coords(p, c, R)
+            if is_occupied(bitfield, cell_index(c, cell, R)):
                 stop = visit(ctx, n, t + 0.5 * dt, dt, p, d)
                 n += 1
                 t += dt
                 if stop:
                     break
             else:
-                # skip the empty cell in whole steps, so samples stay on the step lattice
+                # skip the empty cell, or its whole block when no cell of that is occupied, in
+                # whole steps, so samples stay on the step lattice
                 t_exit = cell_exit_t(o, inv_d, p, c, t)
-                n_steps = ti.max(ti.ceil((t_exit - t) / dt), 1.0)
-                t += n_steps * dt
+                if ti.static(occ.block > 1):
+                    if not is_occupied(bitfield, block_bit(c, cell, C, R)):
+                        t_block = exit_t(o, inv_d, p, c, t, occ.block)
+                        # every point up to t_block would be looked up in cascade c or a
+                        # finer one (empty there too: coarser cells pool finer ones) unless
+                        # the cone step outgrows cascade c's cells on the way
+                        if c == C - 1 or step_size(t_block) * R <= ti.cast(1 << c, ti.f32):
+                            t_exit = t_block
+                # to the first step whose midpoint (where a sample is looked up) is past it
+                if ti.static(cone > 0.0):
+                    # steps grow with t: walk them (cheap, no lookups), so a skip lands where
+                    # a walk step by step would, however far it jumps
+                    t += dt
+                    while t + 0.5 * step_size(t) < t_exit:
+                        t += step_size(t)
+                else:
+                    t += ti.max(ti.ceil((t_exit - t) / dt - 0.5), 1.0) * dt
         return n, t
 
     @ti.func

@@ -2,13 +2,16 @@
 
 Cascade c covers the cube of side 2^c centred at 0.5 (cascade 0 is the unit
 box [0,1]^3). Cells are indexed c * res^3 + x + y * res + z * res^2; bit i of
-the bitfield lives in 32-bit word i // 32 (stored as int32).
+the bitfield lives in 32-bit word i // 32 (stored as int32). After the cells' bits come
+the empty-space blocks' (block^3 cells each, indexed alike after the n_cells
+bits; OccupancySpec.block): a block's bit is set when any of its cells is, so marchers
+cross empty blocks in one skip. Whatever writes cell bits rebuilds the blocks' with :func:`derive_coarse_bits`.
 """
 import numpy as np
 import taichi as ti
 
 from .rng import uniform
-from .specs import OccupancySpec
+from .specs import OccupancySpec, block_cells
 
 
 @ti.func
@@ -40,6 +43,15 @@ def is_occupied(bitfield: ti.template(), idx) -> ti.i32:
     """1 if flat cell `idx` is marked occupied in the packed bitfield, else 0."""
     word = ti.cast(bitfield[idx >> 5], ti.u32)
     return ti.cast((word >> ti.cast(idx & 31, ti.u32)) & ti.u32(1), ti.i32)
+
+
+@ti.func
+def block_bit(c, cell, n_cascades: ti.template(), res: ti.template()) -> ti.i32:
+    """Bitfield index of the empty-space block holding `cell` (vec3 i32) of cascade c."""
+    B = ti.static(block_cells(res))
+    nb = ti.static(res // B)
+    b = cell // B
+    return n_cascades * res * res * res + c * nb * nb * nb + b[0] + b[1] * nb + b[2] * nb * nb
 
 
 @ti.func
@@ -95,7 +107,8 @@ def _pack_words(density: ti.template(), threshold, bitfield: ti.template()):
         bits = ti.u32(0)
         for b in range(32):
             i = w * 32 + b
-            if i < n and density[i] > threshold:
+            # past the cells (empty-space blocks): "may be occupied" until derive_coarse_bits
+            if i >= n or density[i] > threshold:
                 bits |= ti.u32(1) << ti.cast(b, ti.u32)
         bitfield[w] = ti.cast(bits, ti.i32)
 
@@ -103,7 +116,8 @@ def _pack_words(density: ti.template(), threshold, bitfield: ti.template()):
 @ti.kernel
 def pack_bitfield(density: ti.types.ndarray(dtype=ti.f32, ndim=1), threshold: ti.f32,
                   bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1)):
-    """density (n_cells,) -> bitfield (n_words,): bit set where density > threshold."""
+    """density (n_cells,) -> bitfield (n_words,): a cell's bit set where density > threshold,
+    every block's bit set (marches cell by cell); :func:`build_bitfield` does the whole rule."""
     _pack_words(density, threshold, bitfield)
 
 
@@ -129,6 +143,50 @@ def _pool_into_coarser(bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1), c: ti.i
             ti.atomic_or(bitfield[idx >> 5], ti.cast(ti.u32(1) << ti.cast(idx & 31, ti.u32), ti.i32))
 
 
+@ti.func
+def _any_bit(bitfield: ti.template(), start, count) -> ti.i32:
+    # bits start .. start+count-1 (count < 32) span at most two words
+    off = ti.cast(start & 31, ti.u32)
+    bits = ti.cast(bitfield[start >> 5], ti.u32) >> off
+    if off + ti.cast(count, ti.u32) > ti.u32(32):
+        bits |= ti.cast(bitfield[(start >> 5) + 1], ti.u32) << (ti.u32(32) - off)
+    mask = (ti.u32(1) << ti.cast(count, ti.u32)) - ti.u32(1)
+    return ti.cast((bits & mask) != ti.u32(0), ti.i32)
+
+
+@ti.kernel
+def _mark_blocks(bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1), res: ti.template(),
+                 n_cascades: ti.template()):
+    B = ti.static(block_cells(res))
+    nb = ti.static(res // B)
+    n_blocks = n_cascades * nb * nb * nb
+    first_word = n_cascades * res * res * res // 32
+    for w in range(first_word, bitfield.shape[0]):
+        bits = ti.u32(0)
+        for k in range(32):
+            i = (w - first_word) * 32 + k
+            if i < n_blocks:
+                c, r = i // (nb * nb * nb), i % (nb * nb * nb)
+                x0, y0, z0 = (r % nb) * B, ((r // nb) % nb) * B, (r // (nb * nb)) * B
+                found = 0
+                for z in range(z0, z0 + B):
+                    for y in range(y0, y0 + B):
+                        if not found:
+                            found = _any_bit(bitfield, cell_index(c, ti.Vector([x0, y, z]), res),
+                                             B)
+                if found:
+                    bits |= ti.u32(1) << ti.cast(k, ti.u32)
+        bitfield[w] = ti.cast(bits, ti.i32)
+
+
+def derive_coarse_bits(bitfield, resolution: int, n_cascades: int) -> None:
+    """Complete a bitfield (n_words,) whose cells' bits are set: each coarser cascade's cells
+    over a set finer cell, then the empty-space blocks' bits. Arrays as build_bitfield's."""
+    for c in range(1, n_cascades):
+        _pool_into_coarser(bitfield, c, resolution)
+    _mark_blocks(bitfield, resolution, n_cascades)
+
+
 def occupancy_threshold(density, cells_per_cascade: int) -> float:
     """The occupied rule's threshold: min(0.01, mean of cascade 0 = the first cells), with
     unseen (-1) and unvisited (inf) cells counted as 0 (instant-ngp)."""
@@ -148,13 +206,8 @@ def build_bitfield(density, resolution: int, n_cascades: int, bitfield) -> float
     torch or Taichi ndarrays."""
     threshold = occupancy_threshold(density, resolution ** 3)
     pack_bitfield(density, threshold, bitfield)
-    _pool_cascades(bitfield, resolution, n_cascades)
+    derive_coarse_bits(bitfield, resolution, n_cascades)
     return threshold
-
-
-def _pool_cascades(bitfield, resolution: int, n_cascades: int) -> None:
-    for c in range(1, n_cascades):
-        _pool_into_coarser(bitfield, c, resolution)
 
 
 _SUM_BLOCK = 1024  # cells per partial sum of the device threshold
@@ -193,12 +246,12 @@ def build_bitfield_on_device(density, resolution: int, n_cascades: int, bitfield
     from :func:`threshold_partials`."""
     _threshold_on_device(density, resolution ** 3, partials, threshold)
     _pack_bitfield_at(density, threshold, bitfield)
-    _pool_cascades(bitfield, resolution, n_cascades)
+    derive_coarse_bits(bitfield, resolution, n_cascades)
 
 
 @ti.kernel
 def occupied_bounds(bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1), res: ti.i32,
-                    bounds: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+                    n_cascades: ti.i32, bounds: ti.types.ndarray(dtype=ti.f32, ndim=2)):
     """bounds (2,3) = a model-space box around every occupied cell of every cascade, one
     finest cell wider on each side (float rounding of a slab test); lo > hi when no cell is
     occupied. Every sample a walk takes lies inside it (segmented rendering ends rays there)."""
@@ -206,7 +259,7 @@ def occupied_bounds(bitfield: ti.types.ndarray(dtype=ti.i32, ndim=1), res: ti.i3
         bounds[0, a] = 1.0e30
         bounds[1, a] = -1.0e30
     margin = 1.0 / ti.cast(res, ti.f32)
-    for w in range(bitfield.shape[0]):
+    for w in range(n_cascades * res * res * res // 32):  # the cells' words, not the blocks'
         word = ti.cast(bitfield[w], ti.u32)
         if word != ti.u32(0):
             for b in range(32):
@@ -348,14 +401,19 @@ def apply_ema(density: ti.types.ndarray(dtype=ti.f32, ndim=1),
 
 
 def checkpoint_bitfield(config: dict, arrays: dict) -> np.ndarray:
-    """The bitfield (n_words,) int32 a checkpoint's renderers sample: the one it saved (the
+    """The bitfield (n_words,) int32 a checkpoint's renderers sample: the cells it saved (the
     cells training sampled last), else rebuilt from its densities with :func:`build_bitfield`."""
     spec = OccupancySpec(**config["occupancy"])
     if "occupancy/bitfield" in arrays:
-        bits = np.ascontiguousarray(arrays["occupancy/bitfield"], np.int32)
-        if bits.shape != (spec.n_words,):
-            raise ValueError(f"occupancy bitfield has shape {bits.shape}, the config says "
+        saved = np.ascontiguousarray(arrays["occupancy/bitfield"], np.int32)
+        if saved.shape not in ((spec.n_words,), (spec.cell_words,)):
+            raise ValueError(f"occupancy bitfield has shape {saved.shape}, the config says "
                              f"({spec.n_words},)")
+        # the cells' bits are what was trained; the derived bits are rebuilt from them, so a
+        # checkpoint from before the empty-space blocks (cells only) loads alike
+        bits = np.zeros(spec.n_words, np.int32)
+        bits[:spec.cell_words] = saved[:spec.cell_words]
+        derive_coarse_bits(bits, spec.resolution, spec.n_cascades)
         return bits
     density = np.ascontiguousarray(arrays["occupancy/density"], np.float32)
     if density.shape != (spec.n_cells,):

@@ -32,6 +32,11 @@ TRUNC_EXP_MAX = 15.0
 # past this optical depth a sample is opaque to double precision: the sparse-depth loss clamps
 # sigma * dt there (an untrained field's exp can be inf) and passes no gradient through it
 TAU_MAX = 50.0
+# Cells per side of an empty-space block, at most: the bitfield also holds one bit per block
+# (set when any of its cells is), so a walk crosses an empty block in one skip instead of
+# cell by cell (a 256x256 Lego preview frame spent 70 of its 90 ms of marching in front of
+# the object). See OccupancySpec.block.
+OCCUPANCY_BLOCK = 8
 CHECKPOINT_NAME = "checkpoint.npz"  # what `taichi-nerf train --out RUN` writes in RUN
 
 
@@ -115,6 +120,11 @@ class HashGridSpec:
         return self.n_levels * self.n_features
 
 
+def block_cells(resolution: int) -> int:
+    """Cells per side of the occupancy grid's empty-space blocks (OccupancySpec.block)."""
+    return math.gcd(OCCUPANCY_BLOCK, resolution // 4)
+
+
 @dataclasses.dataclass(frozen=True)
 class OccupancySpec:
     """Occupancy grid: `n_cascades` grids of resolution^3 cells, cascade c spans 2^c around 0.5."""
@@ -139,9 +149,31 @@ class OccupancySpec:
         return self.n_cascades * self.cells_per_cascade
 
     @property
+    def cell_words(self) -> int:
+        """32-bit words of the cells' bits (the resolution is a multiple of 4: no partial word)."""
+        return self.n_cells // 32
+
+    @property
+    def block(self) -> int:
+        """Cells per side of an empty-space block: OCCUPANCY_BLOCK where it divides a quarter of
+        the resolution, so blocks tile each cascade and none straddles the finer cascade's
+        cube (which spans the middle half); else the largest divisor of both."""
+        return block_cells(self.resolution)
+
+    @property
+    def blocks_per_axis(self) -> int:
+        """Empty-space blocks along each axis of a cascade."""
+        return self.resolution // self.block
+
+    @property
+    def n_blocks(self) -> int:
+        """Empty-space blocks over all cascades."""
+        return self.n_cascades * self.blocks_per_axis ** 3
+
+    @property
     def n_words(self) -> int:
-        """32-bit words of the packed bitfield."""
-        return (self.n_cells + 31) // 32
+        """32-bit words of the packed bitfield: the cells' bits, then one bit per block."""
+        return self.cell_words + (self.n_blocks + 31) // 32
 
     @property
     def aabb(self) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:

@@ -9,6 +9,7 @@ import torch
 from taichi_nerf.data import builtin, load_dataset
 from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.rng import uniform, uniform_np
+from taichi_nerf.kernels.specs import OccupancySpec
 from taichi_nerf.kernels.train_batch import DRAWS_PER_RAY, draw_rays, fit_samples
 from taichi_nerf.nn import runtime
 from taichi_nerf.nn.cameras import generate_rays
@@ -137,7 +138,7 @@ def test_device_bitfield_is_the_host_rule(arch, gen):
     dens = torch.rand(C * res ** 3, generator=gen) * 0.03
     dens[::7] = occ_k.UNSEEN
     dens[::11] = occ_k.UNVISITED
-    words = -(-C * res ** 3 // 32)
+    words = OccupancySpec(C, res).n_words  # the cells' words and the blocks'
     want = np.zeros(words, np.int32)
     thr = occ_k.build_bitfield(dens.numpy(), res, C, want)
     bits, t = ti.ndarray(ti.i32, shape=(words,)), ti.ndarray(ti.f32, shape=(1,))

@@ -24,7 +24,7 @@ def _inputs(gen):
     with torch.no_grad():  # a table of the size training gives, not the tiny initial one
         field.grid.table.copy_(torch.randn(field.grid.table.shape, generator=gen) * 0.5)
     o, d = _rays(gen, 96)
-    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool))
+    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool), OCC)
     s = ops.march_rays(o, d, full, OCC, MarchSpec(min_step=0.04, max_step=0.04, max_samples=64),
                        torch.rand(o.shape[0], generator=gen))
     bg = torch.rand(o.shape[0], 3, generator=gen)

@@ -12,10 +12,16 @@ from conftest import rel_err
 OCC = OccupancySpec(n_cascades=1, resolution=32)
 
 
-def _bitfield(occupied: torch.Tensor) -> torch.Tensor:
-    """bool (n_cells,) -> packed int32 words, built in numpy (independent of the kernels)."""
-    bits = np.zeros(((occupied.numel() + 31) // 32) * 32, dtype=np.uint64)
-    bits[:occupied.numel()] = occupied.numpy()
+def _bitfield(occupied: torch.Tensor, occ: OccupancySpec) -> torch.Tensor:
+    """bool (n_cells,) -> packed int32 words (n_words,): the cells' bits, then each empty-space
+    block's (any of its cells set), built in numpy (independent of the kernels)."""
+    C, R, B = occ.n_cascades, occ.resolution, occ.block
+    nb = R // B
+    cells = occupied.numpy()
+    blocks = cells.reshape(C, nb, B, nb, B, nb, B).any(axis=(2, 4, 6)).reshape(-1)
+    bits = np.zeros(occ.n_words * 32, dtype=np.uint64)
+    bits[:cells.size] = cells
+    bits[cells.size:cells.size + blocks.size] = blocks
     words = (bits.reshape(-1, 32) << np.arange(32, dtype=np.uint64)).sum(1)
     return torch.from_numpy(words.astype(np.uint32).view(np.int32).copy())
 
@@ -43,7 +49,7 @@ def test_ray_aabb_matches_reference(arch, gen):
 def test_full_grid_gives_uniform_samples(arch, gen):
     march = MarchSpec(min_step=0.01, max_step=0.01, max_samples=1024)
     o, d = _rays(gen)
-    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool))
+    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool), OCC)
     s = ops.march_rays(o, d, full, OCC, march)
     tn, tf = reference.ray_aabb(o.double(), d.double(), *OCC.aabb)
     checked = 0
@@ -84,7 +90,7 @@ def test_random_grid_samples_only_in_occupied_cells(arch, gen):
     occupied = occ3.permute(2, 1, 0).reshape(-1)  # index x + y R + z R^2
     march = MarchSpec(min_step=0.004, max_step=0.004)
     o, d = _rays(gen, 500)
-    s = ops.march_rays(o, d, _bitfield(occupied), OCC, march)
+    s = ops.march_rays(o, d, _bitfield(occupied, OCC), OCC, march)
     assert s.n_samples > 1000
     p = s.positions
     assert torch.all((p >= 0) & (p <= 1))
@@ -104,7 +110,7 @@ def test_random_grid_samples_only_in_occupied_cells(arch, gen):
 
 def test_max_samples_caps_each_ray(arch, gen):
     o, d = _rays(gen, 50)
-    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool))
+    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool), OCC)
     s = ops.march_rays(o, d, full, OCC, MarchSpec(min_step=0.001, max_step=0.001, max_samples=16))
     assert s.rays[:, 1].max() == 16
 
@@ -112,7 +118,7 @@ def test_max_samples_caps_each_ray(arch, gen):
 def test_cascades_cone_steps_grow_with_distance(arch, gen):
     occ = OccupancySpec(n_cascades=3, resolution=32)
     march = MarchSpec.for_occupancy(occ, max_samples=4096)
-    full = _bitfield(torch.ones(occ.n_cells, dtype=torch.bool))
+    full = _bitfield(torch.ones(occ.n_cells, dtype=torch.bool), occ)
     o = torch.tensor([[0.5, 0.5, 0.5]])
     d = torch.tensor([[1.0, 0.0, 0.0]])
     s = ops.march_rays(o, d, full, occ, march)
@@ -148,7 +154,7 @@ def test_start_jitter_moves_each_ray_and_count_matches_fill(arch, gen):
     """Each ray starts `jitter` steps past its entry; the count and fill passes agree."""
     march = MarchSpec(min_step=0.01, max_step=0.01, max_samples=1024)
     o, d = _rays(gen, 200)
-    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool))
+    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool), OCC)
     jitter = torch.rand(o.shape[0], generator=gen)
     s0 = ops.march_rays(o, d, full, OCC, march)
     s = ops.march_rays(o, d, full, OCC, march, jitter)
@@ -172,7 +178,7 @@ def test_near_distance_skips_space_in_front_of_the_camera(arch, gen):
     o = torch.full((64, 3), 0.5)  # cameras inside the box
     d = torch.randn(64, 3, generator=gen)
     d = (d / d.norm(dim=-1, keepdim=True)).contiguous()
-    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool))
+    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool), OCC)
     s = ops.march_rays(o, d, full, OCC, march)
     assert (s.t - 0.5 * s.dt).min() >= 0.1 - 1e-6
     assert torch.allclose(s.t[s.rays[:, 0].long()], torch.full((64,), 0.105), atol=1e-5)
@@ -184,7 +190,7 @@ def test_fill_writes_exactly_the_counted_rows(arch, gen):
     from taichi_nerf.kernels.march import march_kernels
     march = MarchSpec(min_step=0.01, max_step=0.01, max_samples=1024)
     o, d = _rays(gen, 64)
-    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool))
+    full = _bitfield(torch.ones(OCC.n_cells, dtype=torch.bool), OCC)
     jitter = torch.rand(64, generator=gen)
     ref = ops.march_rays(o, d, full, OCC, march, jitter)
     counts = ref.rays[:, 1].clone()
@@ -258,7 +264,7 @@ def test_walk_ray_callback_gets_the_batch_samples_and_can_stop(arch, gen):
     from taichi_nerf.kernels.march import make_march_funcs
     occ = OccupancySpec(n_cascades=3, resolution=32)
     march = MarchSpec.for_occupancy(occ, max_samples=1024)
-    bitfield = _bitfield(torch.rand(occ.n_cells, generator=gen) < 0.4)
+    bitfield = _bitfield(torch.rand(occ.n_cells, generator=gen) < 0.4, occ)
     o, d = _rays(gen, 400)
     jitter = torch.rand(o.shape[0], generator=gen)
     ref = ops.march_rays(o, d, bitfield, occ, march, jitter)
@@ -304,3 +310,60 @@ def test_walk_ray_callback_gets_the_batch_samples_and_can_stop(arch, gen):
         s, n = int(starts[r]), int(n_walked[r])
         # the same walk compiled into another loop: measured bit-identical on cpu and vulkan
         assert torch.equal(t[s:s + n], ref.t[s:s + n]) and torch.equal(dt[s:s + n], ref.dt[s:s + n])
+
+
+def _cell_by_cell(bitfield: torch.Tensor, occ: OccupancySpec) -> torch.Tensor:
+    """The same cells with every empty-space block marked as holding one: no block skipped."""
+    out = bitfield.clone()
+    out[occ.cell_words:] = -1
+    return out
+
+
+@pytest.mark.parametrize("cone", [0.0, 0.02])
+def test_empty_blocks_are_crossed_with_the_samples_of_a_cell_by_cell_walk(arch, gen, cone):
+    """A walk skips an empty block in one jump and takes the samples a walk cell by cell takes
+    (up to float rounding of a sample sitting on a cell's face); the block bits are read."""
+    occ = OccupancySpec(n_cascades=2, resolution=32)
+    assert occ.block == 8
+    C, R, B = occ.n_cascades, occ.resolution, occ.block
+    nb = R // B
+    # a few busy blocks among empty ones, cells at random inside them (coarser cascade unpooled)
+    busy = torch.rand(C, nb, 1, nb, 1, nb, 1, generator=gen) < 0.25
+    cells = (torch.rand(C, nb, B, nb, B, nb, B, generator=gen) < 0.3) & busy
+    occupied = cells.reshape(-1)
+    bitfield = _bitfield(occupied, occ)
+    march = MarchSpec(min_step=0.3 / R, max_step=2.0 / R, cone=cone, max_samples=1024)
+    o, d = _rays(gen, 400)  # from outside both cascades, through the outer one's shell
+    got = ops.march_rays(o, d, bitfield, occ, march)
+    want = ops.march_rays(o, d, _cell_by_cell(bitfield, occ), occ, march)
+    assert want.n_samples > 500
+    same = got.rays[:, 1] == want.rays[:, 1]
+    assert float(same.float().mean()) >= 0.98
+    assert abs(got.n_samples - want.n_samples) <= 0.01 * want.n_samples
+    for r in torch.nonzero(same)[:, 0].tolist():
+        (a, k), (b, _) = got.rays[r].tolist(), want.rays[r].tolist()
+        assert torch.allclose(got.t[a:a + k], want.t[b:b + k], rtol=0, atol=1e-5), f"ray {r}"
+    # the walk does read the block bits: marked empty, a busy block is left at its first
+    # empty cell
+    no_blocks = bitfield.clone()
+    no_blocks[occ.cell_words:] = 0
+    assert ops.march_rays(o, d, no_blocks, occ, march).n_samples < 0.8 * want.n_samples
+
+
+def test_a_step_out_of_an_empty_cell_lands_on_the_first_midpoint_past_it(arch):
+    """Samples are looked up at step midpoints: leaving an empty cell, the walk goes to the first
+    step whose midpoint is past the cell's face, not its start (which lost that sample)."""
+    occ = OccupancySpec(n_cascades=1, resolution=16)
+    cells = torch.zeros(16, 16, 16, dtype=torch.bool)  # (z, y, x)
+    cells[:, :, 9:] = True  # x >= 9/16 = 0.5625 occupied
+    march = MarchSpec(min_step=0.01, max_step=0.01, max_samples=1024)
+    o = torch.tensor([[-0.5, 0.53, 0.47]])
+    d = torch.tensor([[1.0, 0.0, 0.0]])
+    s = ops.march_rays(o, d, _bitfield(cells.reshape(-1), occ), occ, march)
+    # the ray enters the box at t = 0.5; midpoints sit at x = 0.005, 0.015, ...
+    x = torch.arange(100, dtype=torch.float64) * 0.01 + 0.005
+    expect = 0.5 + x[x >= 0.5625]
+    assert s.n_samples == expect.numel() == 44
+    assert torch.allclose(s.t.double(), expect, atol=1e-5)
+    ref = reference.march_rays(o.double(), d.double(), cells.reshape(-1), occ, march)
+    assert torch.allclose(ref.t, expect, atol=1e-9)

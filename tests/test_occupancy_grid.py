@@ -3,6 +3,7 @@ threshold from cascade 0, max-pooled cascades, unseen cells out for good, warm-u
 import math
 
 import numpy as np
+import pytest
 import taichi as ti
 import torch
 
@@ -174,6 +175,9 @@ def test_rule_is_the_same_on_numpy_and_torch(cpu_runtime, gen):
     assert abs(thr - grid.threshold) < 1e-9
     assert np.array_equal(bits, grid.bitfield.numpy())
     assert np.array_equal(occ_k.unpack_bitfield(bits, grid.spec.n_cells), grid.occupied().numpy())
+    # after the cells, one bit per empty-space block: set where any cell of the block is
+    from test_march import _bitfield
+    assert np.array_equal(bits, _bitfield(grid.occupied(), grid.spec).numpy())
     occ = grid.occupied()
     per = grid.spec.cells_per_cascade
     assert occ[d == float("inf")].all()
@@ -265,3 +269,27 @@ def test_grid_is_a_module_with_buffers(cpu_runtime, gen):
     counts = s.rays[:, 1].tolist()
     assert counts[0] > 0 and counts[1] == 0  # through the ball; past it, in empty cells
     assert ((s.positions - 0.5).norm(dim=-1) < 0.2 + 2 * math.sqrt(3) / 16).all()
+
+
+def test_checkpoints_with_the_cells_bits_alone_get_their_blocks(cpu_runtime, gen):
+    """A checkpoint saved before the bitfield held empty-space blocks (its cells' words alone)
+    loads with the blocks rebuilt; a bitfield of any other length is refused."""
+    spec = OccupancySpec(n_cascades=2, resolution=16)
+    assert spec.block == 4 and spec.n_words == spec.cell_words + 4  # 2 x 4^3 block bits
+    nb, B = spec.blocks_per_axis, spec.block
+    busy = torch.rand(2, nb, 1, nb, 1, nb, 1, generator=gen) < 0.3  # whole blocks empty
+    d = (torch.rand(2, nb, B, nb, B, nb, B, generator=gen) * 0.004 * busy).reshape(-1)
+    full = np.zeros(spec.n_words, np.int32)
+    thr = occ_k.build_bitfield(d.numpy(), spec.resolution, spec.n_cascades, full)
+    # pack_bitfield alone (the cells, no pooling) leaves every block "may be occupied"
+    packed = np.zeros(spec.n_words, np.int32)
+    occ_k.pack_bitfield(d.numpy(), thr, packed)
+    assert (packed[spec.cell_words:] == -1).all() and packed[:spec.cell_words].any()
+    blocks = occ_k.unpack_bitfield(full[spec.cell_words:], spec.n_blocks)
+    assert 0 < blocks.mean() < 1
+    config = {"occupancy": {"n_cascades": 2, "resolution": 16}}
+    for saved in (full, full[:spec.cell_words]):
+        got = occ_k.checkpoint_bitfield(config, {"occupancy/bitfield": saved.copy()})
+        assert np.array_equal(got, full)
+    with pytest.raises(ValueError, match="bitfield has shape"):
+        occ_k.checkpoint_bitfield(config, {"occupancy/bitfield": full[:-2]})

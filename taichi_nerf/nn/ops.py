@@ -229,7 +229,7 @@ def occupied_bounds(bitfield: torch.Tensor, occ: OccupancySpec) -> torch.Tensor:
     runtime.current()
     check_tensor(bitfield, "occupancy bitfield", (occ.n_words,), torch.int32)
     bounds = torch.empty(2, 3, dtype=torch.float32, device=bitfield.device)
-    occ_k.occupied_bounds(bitfield, occ.resolution, bounds)
+    occ_k.occupied_bounds(bitfield, occ.resolution, occ.n_cascades, bounds)
     return bounds
 
 

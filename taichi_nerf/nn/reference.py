@@ -143,8 +143,18 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, occupied: torch.Tenso
         bound = cell + (d > 0).to(pm.dtype)
         wb = (bound / res - 0.5) * size[:, None] + 0.5
         t_exit = torch.maximum(((wb - rays_o[am]) / d).amin(-1), tm)
-        steps = torch.clamp(torch.ceil((t_exit - tm) / dtm), min=1.0)
-        t[am] = tm + steps * dtm
+        # on to the first step whose midpoint is past the cell (cone steps: one by one)
+        if march.cone > 0:
+            tn = tm + dtm
+            while True:
+                more = tn + 0.5 * torch.clamp(tn * march.cone, march.min_step, march.max_step) < t_exit
+                if not more.any():
+                    break
+                tn = torch.where(more, tn + torch.clamp(tn * march.cone, march.min_step,
+                                                        march.max_step), tn)
+            t[am] = tn
+        else:
+            t[am] = tm + torch.clamp(torch.ceil((t_exit - tm) / dtm - 0.5), min=1.0) * dtm
     ray = torch.cat([ch[0] for ch in chunks]) if chunks else torch.zeros(0, dtype=torch.long)
     step = torch.cat([ch[1] for ch in chunks]) if chunks else torch.zeros(0, dtype=torch.long)
     tmid = torch.cat([ch[2] for ch in chunks]) if chunks else rays_o.new_zeros(0)
