@@ -108,15 +108,17 @@ def make_march_funcs(occ: OccupancySpec, march: MarchSpec) -> MarchFuncs:
             else:
                 # skip the empty cell, or its whole block when no cell of that is occupied, in
                 # whole steps, so samples stay on the step lattice
-                t_exit = cell_exit_t(o, inv_d, p, c, t)
+                t_exit = -1.0  # not past the block: the cell's exit below
                 if ti.static(occ.block > 1):
                     if not is_occupied(bitfield, block_bit(c, cell, C, R)):
-                        t_block = exit_t(o, inv_d, p, c, t, occ.block)
-                        # every point up to t_block would be looked up in cascade c or a
-                        # finer one (empty there too: coarser cells pool finer ones) unless
-                        # the cone step outgrows cascade c's cells on the way
-                        if c == C - 1 or step_size(t_block) * R <= ti.cast(1 << c, ti.f32):
-                            t_exit = t_block
+                        t_exit = exit_t(o, inv_d, p, c, t, occ.block)
+                        # every point up to there would be looked up in cascade c or a finer
+                        # one (empty there too: coarser cells pool finer ones) unless the
+                        # cone step outgrows cascade c's cells on the way
+                        if c < C - 1 and step_size(t_exit) * R > ti.cast(1 << c, ti.f32):
+                            t_exit = -1.0
+                if t_exit < 0.0:
+                    t_exit = cell_exit_t(o, inv_d, p, c, t)
                 # to the first step whose midpoint (where a sample is looked up) is past it
                 if ti.static(cone > 0.0):
                     # steps grow with t: walk them (cheap, no lookups), so a skip lands where

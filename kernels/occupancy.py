@@ -5,7 +5,8 @@ box [0,1]^3). Cells are indexed c * res^3 + x + y * res + z * res^2; bit i of
 the bitfield lives in 32-bit word i // 32 (stored as int32). After the cells' bits come
 the empty-space blocks' (block^3 cells each, indexed alike after the n_cells
 bits; OccupancySpec.block): a block's bit is set when any of its cells is, so marchers
-cross empty blocks in one skip. Whatever writes cell bits rebuilds the blocks' with :func:`derive_coarse_bits`.
+cross empty blocks in one skip. Whatever writes cell bits rebuilds the blocks' with
+:func:`derive_coarse_bits`.
 """
 import numpy as np
 import taichi as ti

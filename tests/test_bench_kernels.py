@@ -86,7 +86,7 @@ def test_cli_exit_code_is_nonzero_when_an_op_failed(quick_result, capsys):
     assert bench_exit_code({"training": {}}) == 0  # no kernel part, nothing to check
 
 
-def test_occupancy_pattern_roundtrips():
+def test_occupancy_pattern_roundtrips(cpu_runtime):
     occ = OccupancySpec(1, 32)
     occupied = half_full_occupancy(occ, block=8, generator=torch.Generator().manual_seed(1))
     assert occupied.shape == (occ.n_cells,) and occupied.dtype == torch.bool

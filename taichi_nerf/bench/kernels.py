@@ -32,6 +32,7 @@ from taichi_nerf.bench.common import (CONTENDED_US, finite_positive, fmt_rate, l
                                       log2_str, machine_info, measure, progress_line,
                                       small_op_latency_us)
 from taichi_nerf.kernels.checkpoint_io import one_line
+from taichi_nerf.kernels.occupancy import derive_coarse_bits
 from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
 
 #: Full-size problem (BENCHMARKS.md section 1). Quick mode divides the sizes by 16.
@@ -98,15 +99,14 @@ def half_full_occupancy(occ: OccupancySpec, block: int = OCC_BLOCK, p: float = 0
 
 def pack_bitfield(occupied: torch.Tensor, occ: OccupancySpec) -> torch.Tensor:
     """bool (n_cells,) -> int32 words (n_words,), the layout the kernels read: bit i in word
-    i // 32, the cells' bits, then each empty-space block's (set when any of its cells is)."""
-    C, R, B = occ.n_cascades, occ.resolution, occ.block
-    nb = R // B
-    blocks = occupied.reshape(C, nb, B, nb, B, nb, B).any(6).any(4).any(2).reshape(-1)
+    i // 32, the cells' bits, then the bits the kernels' rule derives from them (coarser
+    cascades, empty-space blocks: kernels.occupancy.derive_coarse_bits). Needs Taichi."""
     bits = torch.zeros(occ.n_words * 32, dtype=torch.int64)
     bits[:occ.n_cells] = occupied.to(torch.int64)
-    bits[occ.n_cells:occ.n_cells + blocks.numel()] = blocks.to(torch.int64)
     words = (bits.view(-1, 32) << torch.arange(32, dtype=torch.int64)).sum(1)
-    return (((words + (1 << 31)) % (1 << 32)) - (1 << 31)).to(torch.int32)  # u32 -> i32 bits
+    words = (((words + (1 << 31)) % (1 << 32)) - (1 << 31)).to(torch.int32)  # u32 -> i32 bits
+    derive_coarse_bits(words, occ.resolution, occ.n_cascades)
+    return words
 
 
 def random_rays(n: int, generator: torch.Generator, dist: float = 2.0):

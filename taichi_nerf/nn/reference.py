@@ -147,11 +147,11 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, occupied: torch.Tenso
         if march.cone > 0:
             tn = tm + dtm
             while True:
-                more = tn + 0.5 * torch.clamp(tn * march.cone, march.min_step, march.max_step) < t_exit
+                dtn = torch.clamp(tn * march.cone, march.min_step, march.max_step)
+                more = tn + 0.5 * dtn < t_exit
                 if not more.any():
                     break
-                tn = torch.where(more, tn + torch.clamp(tn * march.cone, march.min_step,
-                                                        march.max_step), tn)
+                tn = torch.where(more, tn + dtn, tn)
             t[am] = tn
         else:
             t[am] = tm + torch.clamp(torch.ceil((t_exit - tm) / dtm - 0.5), min=1.0) * dtm
