@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import gc
 import os
 import platform
 from typing import Optional, Sequence
@@ -61,6 +62,23 @@ def _flush_at_exit() -> None:
 
 
 _exit_hook = False
+_retired: list = []  # ndarrays of ended Taichi programs, never dropped (see _retire_ndarrays)
+
+
+def _retire_ndarrays() -> None:
+    """Before Taichi starts again: free the unreachable ndarrays while their program still
+    runs, and keep every other one alive for good.
+
+    Taichi 1.7.4 frees an ndarray by calling ``delete_ndarray(address)`` on whichever
+    program runs when its Python object dies, and pybind hands a new ndarray that lands at a
+    freed address the dead one's wrapper. So an ndarray of the old program that died after
+    ``ti.init`` freed a live one of the new program (seen in CI: the hash table of a model
+    loaded after a re-init, 'argument not found' at its next launch; reproduced with 200
+    ndarrays kept across a re-init, 2 of 200 new ones freed when they were dropped)."""
+    if ti.lang.impl.get_runtime().prog is None:
+        return
+    gc.collect()
+    _retired.extend(o for o in gc.get_objects() if isinstance(o, ti.lang._ndarray.Ndarray))
 
 
 def _try_init(arch: str, threads: int, debug: bool, seed: int) -> bool:
@@ -69,6 +87,7 @@ def _try_init(arch: str, threads: int, debug: bool, seed: int) -> bool:
     if not _exit_hook:
         atexit.register(_flush_at_exit)
         _exit_hook = True
+    _retire_ndarrays()
     ti.init(arch=_ti_arch(arch), default_fp=ti.f32, default_ip=ti.i32,
             cpu_max_num_threads=threads,
             debug=debug, random_seed=seed, log_level=ti.WARN, offline_cache=True)
@@ -128,6 +147,7 @@ def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = Fa
     else:
         if not _try_init(arch, threads, debug, seed):
             got = _running_arch_name()
+            _retire_ndarrays()
             ti.reset()
             _current = None
             raise ArchUnavailableError(

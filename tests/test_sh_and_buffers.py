@@ -66,3 +66,48 @@ def test_runtime_unknown_and_unavailable_arch():
         with pytest.raises(runtime.ArchUnavailableError, match="cuda"):
             runtime.init("cuda")
     runtime.init("cpu")
+
+
+def test_ndarrays_of_an_ended_program_never_free_the_new_programs():
+    """Taichi frees an ndarray through whichever program runs when its Python object dies,
+    by address; an old program's ndarray dropped after a re-init freed a live new one that
+    reused its address (a CI failure). Unreachable ones go while their program runs, the
+    rest are kept."""
+    import gc
+    import weakref
+
+    import numpy as np
+    import taichi as ti
+
+    runtime.init("cpu")
+    died_in = []
+    generation = lambda: runtime.current().generation  # noqa: E731
+
+    class Cycle:
+        def __init__(self):
+            self.nd = ti.ndarray(ti.f32, shape=(7,))
+            self.me = self  # only the collector frees it
+
+    garbage = Cycle()
+    weakref.finalize(garbage.nd, lambda g=generation(): died_in.append(g))
+    old_gen = generation()
+    gc.disable()  # the collector runs only when runtime.init asks
+    try:
+        del garbage
+        kept = [ti.ndarray(ti.f32, shape=(1000 + i,)) for i in range(200)]
+        kept_ref = weakref.ref(kept[0])
+        runtime.init("cpu", cpu_threads=1)  # another ti.init
+        assert generation() > old_gen and len(died_in) == 1  # collected before it
+        new = []
+        for i in range(200):
+            nd = ti.ndarray(ti.f32, shape=(1000 + i,))
+            nd.from_numpy(np.full(1000 + i, i, np.float32))
+            new.append(nd)
+        del kept
+        gc.collect()
+        assert kept_ref() is not None  # the old program's ndarray lives on, harmless
+        assert [tuple(nd.arr.shape) for nd in new] == [(1000 + i,) for i in range(200)]
+        assert all(nd.to_numpy()[-1] == i for i, nd in enumerate(new))
+    finally:
+        gc.enable()
+        runtime.init("cpu")
