@@ -95,6 +95,27 @@ def composite_resume(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
 
 
 @ti.kernel
+def resume_weights(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                   dts: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                   rays: ti.types.ndarray(dtype=ti.i32, ndim=2),
+                   ids: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                   t_threshold: ti.f32,
+                   T: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                   out_w: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    """The weight (M,) that :func:`composite_resume` would give each of the next packed
+    samples of rays ids (A,), from their running T (N,), which stays unchanged; samples
+    after a ray ends weigh 0. Lets a renderer skip the colour of samples that barely count."""
+    for i in range(ids.shape[0]):
+        T_run = T[ids[i]]
+        for n in range(rays[i, 1]):
+            s = rays[i, 0] + n
+            w = 0.0
+            if T_run >= t_threshold:
+                w, T_run = accumulate_sample(T_run, sigmas[s], dts[s])
+            out_w[s] = w
+
+
+@ti.kernel
 def composite_backward(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
                        rgbs: ti.types.ndarray(dtype=ti.f32, ndim=2),
                        ts: ti.types.ndarray(dtype=ti.f32, ndim=1),

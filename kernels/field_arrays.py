@@ -103,10 +103,18 @@ def field_forward(spec: HashGridSpec, table, density_layers: Sequence[Tuple[obje
     mlp_k.column_activation(h, 0, sigma, "exp")
     if dirs is None:
         return FieldPass(enc, density_outs, sigma, None, None)
+    x, color_outs = colour_forward(h, dirs, tmp, sh_degree, color_layers)
+    return FieldPass(enc, density_outs, sigma, x, color_outs)
+
+
+def colour_forward(h, dirs, tmp: Temporaries, sh_degree: int,
+                   color_layers: Sequence[Tuple[object, object]]) -> Tuple[object, List[object]]:
+    """The density MLP's raw head h (M, G) and unit dirs (M,3) -> colour-MLP input (M, G+S)
+    and each colour-MLP layer's output (the last is rgb (M,3)), temporaries of `tmp`."""
+    M = h.shape[0]
     sh = tmp.f32((M, sh_degree ** 2))
     sh_kernels(sh_degree).encode(dirs, sh)
     x = tmp.f32((M, h.shape[1] + sh.shape[1]))
     mlp_k.concat_columns(h, sh, x)
-    color_outs = mlp_k.mlp_forward_saved(x, color_layers,
-                                         activations(len(color_layers), "sigmoid"), tmp.f32)
-    return FieldPass(enc, density_outs, sigma, x, color_outs)
+    return x, mlp_k.mlp_forward_saved(x, color_layers,
+                                      activations(len(color_layers), "sigmoid"), tmp.f32)

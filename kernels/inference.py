@@ -13,7 +13,7 @@ import taichi as ti
 from . import composite as composite_k
 from .camera import generate_rays
 from .checkpoint_io import read_checkpoint
-from .field_arrays import Temporaries, field_forward, upload
+from .field_arrays import Temporaries, colour_forward, field_forward, upload
 from .hash_grid import checkpoint_table
 from .march import march_kernels, renders_whole, segment_continues, segment_length
 from .occupancy import checkpoint_bitfield, occupied_bounds
@@ -71,6 +71,24 @@ def _gather_samples(keep: ti.types.ndarray(dtype=ti.i32, ndim=1),
 
 
 @ti.kernel
+def _gather_rows(rows: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                 src: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 dst: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    """dst[j] = src[rows[j]] for the rows (K,) of src (M, C) -> dst (K, C)."""
+    for j, k in ti.ndrange(rows.shape[0], src.shape[1]):
+        dst[j, k] = src[rows[j], k]
+
+
+@ti.kernel
+def _scatter_rows(rows: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  at: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                  dst: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    """dst[at[j]] = rows[j] for rows (K, C) into dst (M, C)."""
+    for j, k in ti.ndrange(at.shape[0], rows.shape[1]):
+        dst[at[j], k] = rows[j, k]
+
+
+@ti.kernel
 def _fill_rows(a: ti.types.ndarray(dtype=ti.f32, ndim=2), v: ti.types.ndarray(dtype=ti.f32, ndim=1)):
     for i, k in ti.ndrange(a.shape[0], a.shape[1]):
         a[i, k] = v[k]
@@ -125,19 +143,51 @@ class NerfModel:
 
     def field(self, pos, dirs) -> Tuple[object, object]:
         """Model-space positions, unit dirs (M,3) ndarrays -> sigma (M,), rgb (M,3) ndarrays."""
+        sigma, h = self.density(pos)
+        return sigma, self.colour(h, dirs)
+
+    def density(self, pos) -> Tuple[object, object]:
+        """Model-space positions (M,3) ndarray -> sigma (M,), geometry features (M, G)."""
         unit = self._new(ti.f32, (pos.shape[0], 3))
         _to_unit(pos, self.lo, 1.0 / self.size, unit)
-        p = field_forward(self.grid_spec, self.table, self.density_layers, unit, self._tmp,
-                          self.sh_degree, self.color_layers, dirs)
-        return p.sigma, p.color_outs[-1]
+        p = field_forward(self.grid_spec, self.table, self.density_layers, unit, self._tmp)
+        return p.sigma, p.density_outs[-1]
 
-    def render_rays(self, rays_o, rays_d, bg: np.ndarray,
-                    t_threshold: float = T_THRESHOLD) -> Dict[str, np.ndarray]:
+    def colour(self, h, dirs):
+        """Geometry features h (M, G) from :meth:`density`, unit dirs (M,3) -> rgb (M,3)."""
+        return colour_forward(h, dirs, self._tmp, self.sh_degree, self.color_layers)[1][-1]
+
+    def _coloured(self, sigma, h, dirs, s_dt, rays, ids, T, t_threshold: float,
+                  min_weight: float) -> Tuple[object, int]:
+        """rgb (M,3) of a segment's samples: the colour MLP only where the weight the samples
+        will be composited with exceeds min_weight, black elsewhere -> (rgb, how many)."""
+        M = h.shape[0]
+        w = self._new(ti.f32, (M,))
+        composite_k.resume_weights(sigma, s_dt, rays, ids, float(t_threshold), T, w)
+        kept = np.flatnonzero(w.to_numpy() > min_weight).astype(np.int32)
+        if kept.size == M:
+            return self.colour(h, dirs), M
+        rgb = self._new(ti.f32, (M, 3))
+        rgb.fill(0.0)
+        if kept.size:
+            at = self._new(ti.i32, (kept.size,))
+            at.from_numpy(kept)
+            h_k = self._new(ti.f32, (kept.size, h.shape[1]))
+            d_k = self._new(ti.f32, (kept.size, 3))
+            _gather_rows(at, h, h_k)
+            _gather_rows(at, dirs, d_k)
+            _scatter_rows(self.colour(h_k, d_k), at, rgb)
+        return rgb, int(kept.size)
+
+    def render_rays(self, rays_o, rays_d, bg: np.ndarray, t_threshold: float = T_THRESHOLD,
+                    min_weight: float = 0.0) -> Dict[str, np.ndarray]:
         """Model-space rays (R,3) ndarrays, bg (3,) -> numpy rgb (R,3), depth (R,), opacity (R,);
         a ray ends once its transmittance is below t_threshold. The rays are walked in
         segments and each leaves the batch when it ends, as the torch renderer's
-        ``render_rays_segmented`` does (the same kernels and rule); few rays
-        (``march.renders_whole``) are walked whole in one pass."""
+        ``render_rays_segmented`` does (the same kernels and rules, min_weight included: only
+        samples weighing more get a colour); few rays (``march.renders_whole``) are walked
+        whole in one pass, every sample coloured. Segmented walks also return n_samples and
+        n_coloured."""
         R = rays_o.shape[0]
         if renders_whole(R, self.march):
             return self._render_rays_whole(rays_o, rays_d, bg, t_threshold)
@@ -154,6 +204,7 @@ class NerfModel:
         taken.fill(0)
         going = np.arange(R, dtype=np.int32)
         T_np = np.ones(R, np.float32)
+        n_samples = n_coloured = 0
         while going.size:
             A = going.size
             limit = segment_length(A, self.march)
@@ -172,10 +223,13 @@ class NerfModel:
                 s_t, s_dt = self._new(ti.f32, (M,)), self._new(ti.f32, (M,))
                 s_pos, s_dir = self._new(ti.f32, (M, 3)), self._new(ti.f32, (M, 3))
                 _gather_samples(keep, *slots, s_t, s_dt, s_pos, s_dir)
-                sigma, rgb = self.field(s_pos, s_dir)
                 rays = self._new(ti.i32, (A, 2))
                 ends = np.cumsum(c).astype(np.int32)
                 rays.from_numpy(np.stack([ends - c, c], -1).astype(np.int32))
+                sigma, h = self.density(s_pos)
+                rgb, n = self._coloured(sigma, h, s_dir, s_dt, rays, ids, T, t_threshold,
+                                        min_weight)
+                n_samples, n_coloured = n_samples + M, n_coloured + n
                 composite_k.composite_resume(sigma, rgb, s_t, s_dt, rays, ids, float(t_threshold),
                                              T, colour, depth)
                 T_np = T.to_numpy()
@@ -185,7 +239,8 @@ class NerfModel:
             going = going[segment_continues(c, limit, T_np[going], t_threshold)]
         # T_np is current: T changes only where a round had samples, which then read it
         out = {"rgb": colour.to_numpy() + T_np[:, None] * np.asarray(bg, np.float32)[None, :],
-               "depth": depth.to_numpy(), "opacity": 1.0 - T_np}
+               "depth": depth.to_numpy(), "opacity": 1.0 - T_np,
+               "n_samples": n_samples, "n_coloured": n_coloured}
         self._release()
         return out
 
@@ -229,9 +284,10 @@ class NerfModel:
     def render_image(self, c2w_model: np.ndarray, intrinsics, width: int, height: int,
                      bg=None, distortion=(0.0, 0.0, 0.0, 0.0),
                      chunk: int = 1 << 14,
-                     t_threshold: float = T_THRESHOLD) -> Dict[str, np.ndarray]:
+                     t_threshold: float = T_THRESHOLD,
+                     min_weight: float = 0.0) -> Dict[str, np.ndarray]:
         """One view: c2w (4,4) model space, intrinsics fx fy cx cy -> rgb (H,W,3), depth, opacity
-        (H,W); t_threshold as in render_rays."""
+        (H,W); t_threshold and min_weight as in render_rays."""
         j, i = np.meshgrid(np.arange(height, dtype=np.float32) + 0.5,
                            np.arange(width, dtype=np.float32) + 0.5, indexing="ij")
         pix = np.stack([i.ravel(), j.ravel()], -1)
@@ -248,7 +304,7 @@ class NerfModel:
             generate_rays(p, np.zeros(R, np.int32), intr, dist, c2w, rays_o, rays_d,
                           np.zeros(1, np.int32))  # one camera, index 0: never bad
             parts.append(self.render_rays(rays_o, rays_d, self.background if bg is None else bg,
-                                          t_threshold))
+                                          t_threshold, min_weight))
         out = {k: np.concatenate([q[k] for q in parts]) for k in ("rgb", "depth", "opacity")}
         return {"rgb": out["rgb"].reshape(height, width, 3),
                 "depth": out["depth"].reshape(height, width),

@@ -98,6 +98,7 @@ def test_resumed_compositing_equals_the_reference(arch, gen):
     colour = torch.zeros(R, 3)
     depth = torch.zeros(R)
     done = torch.zeros(R, dtype=torch.int32)
+    weights = torch.full((M,), -1.0)
     while bool((done < counts).any()):  # feed each ray's samples in random-length pieces
         ids = (done < counts).nonzero().squeeze(1).to(torch.int32)
         take = torch.minimum(torch.randint(1, 6, (ids.numel(),), generator=gen,
@@ -108,6 +109,9 @@ def test_resumed_compositing_equals_the_reference(arch, gen):
         piece = ops.PackedSamples(ts[rows], dts[rows], torch.zeros(rows.numel(), 3),
                                   torch.zeros(rows.numel(), 3), torch.zeros_like(rows, dtype=torch.int32),
                                   torch.stack([e - take, take], -1))
+        T_before = T.clone()
+        weights[rows] = ops.resume_weights(sigmas[rows], piece, ids, T, T_THRESHOLD)
+        assert torch.equal(T, T_before)
         ops.composite_resume(sigmas[rows], rgbs[rows].contiguous(), piece, ids, T, colour, depth,
                              T_THRESHOLD)
         done[ids.long()] += take
@@ -117,6 +121,17 @@ def test_resumed_compositing_equals_the_reference(arch, gen):
     assert rel_err(depth, ref_depth) < 1e-5
     assert rel_err(1.0 - T, ref_opacity) < 1e-5
     assert float((T < T_THRESHOLD).float().mean()) > 0.3  # early termination was exercised
+    # the weights the pieces were composited with: they sum to each ray's outputs
+    ray_of = torch.repeat_interleave(torch.arange(R), counts.long())
+    per_ray = lambda x: torch.zeros(R, *x.shape[1:], dtype=torch.float64).index_add_(  # noqa
+        0, ray_of, x)
+    w = weights.double()
+    assert (w >= 0).all()
+    assert rel_err(per_ray(w[:, None] * rgbs.double()) + (1 - ref_opacity[:, None]) * bg.double(),
+                   ref_rgb) < 1e-5
+    assert rel_err(per_ray(w * ts.double()), ref_depth) < 1e-5
+    assert rel_err(per_ray(w), ref_opacity) < 1e-5
+    assert float((weights == 0).float().mean()) > 0.1  # samples after a ray's end weigh 0
 
 
 def _whole_walk_image(renderer, o, d, bg):
@@ -154,6 +169,16 @@ def test_segmented_render_equals_whole_walk_render(trained, scene_dir, cpu_runti
                                            round_samples=few)
     assert loose["n_samples"] < seg["n_samples"]
     assert float((loose["rgb"] - whole["rgb"]).abs().max()) < 2e-2
+    # colour only for samples that weigh more than 1e-3: the rest count as black, so a
+    # pixel darkens by at most the weight they carry; depth and opacity stay exact
+    skim = renderer.render_rays_segmented(o, d, bg.expand(o.shape[0], 3), round_samples=few,
+                                          min_weight=1e-3)
+    assert seg["n_coloured"] <= seg["n_samples"] == skim["n_samples"]
+    assert skim["n_coloured"] < 0.9 * seg["n_coloured"]
+    assert torch.equal(skim["depth"], seg["depth"]) and torch.equal(skim["opacity"], seg["opacity"])
+    dark = seg["rgb"] - skim["rgb"]
+    assert float(dark.min()) > -1e-5 and float(dark.max()) < 2e-2
+    assert float(dark.abs().mean()) < 1e-3
 
 
 def test_render_benchmark_reports_each_mode(trained, cpu_runtime, capsys):
@@ -207,3 +232,33 @@ def test_few_rays_are_walked_whole_and_give_the_same_image(trained, scene_dir, c
     for k in ("rgb", "depth", "opacity"):
         assert float((small[k] - seg[k]).abs().max()) < 1e-5, k
         assert float(np.abs(small_model[k] - seg_model[k]).max()) < 1e-5, k
+
+
+def test_both_renderers_colour_the_same_samples(trained, scene_dir, cpu_runtime):
+    """The torch renderer and the torch-free model apply one min_weight rule: the same
+    pictures, the same count of coloured samples, fewer than with every sample coloured."""
+    from taichi_nerf.kernels.inference import NerfModel
+
+    out, _ = trained
+    _, renderer, scene = load_model(out / "checkpoint.npz")
+    test = load_dataset(scene_dir, "test", scene=scene)
+    pose = test.transform_poses()[0]
+    size = 48
+    model = NerfModel.load(str(out / "checkpoint.npz"))
+    pix = pixel_grid(size, size)
+    o, d = generate_rays(pix, torch.zeros(pix.shape[0], dtype=torch.int32),
+                         torch.from_numpy(test.intrinsics[:1]).contiguous(),
+                         torch.from_numpy(test.distortion[:1]).contiguous(),
+                         torch.from_numpy(pose)[None, :3].contiguous())
+    bg = torch.ones(o.shape[0], 3)
+    import taichi as ti
+    o_nd, d_nd = ti.ndarray(ti.f32, o.shape), ti.ndarray(ti.f32, d.shape)
+    o_nd.from_numpy(o.numpy())
+    d_nd.from_numpy(d.numpy())
+    for mw in (0.0, 1e-3):
+        ref = renderer.render_rays_segmented(o, d, bg, min_weight=mw)
+        got = model.render_rays(o_nd, d_nd, np.ones(3, np.float32), min_weight=mw)
+        assert got["n_coloured"] == ref["n_coloured"] and got["n_samples"] == ref["n_samples"]
+        for k in ("rgb", "depth", "opacity"):
+            assert np.abs(got[k] - ref[k].numpy()).max() < 1e-4, (mw, k)
+    assert ref["n_coloured"] < 0.9 * ref["n_samples"]

@@ -131,14 +131,19 @@ class NGPField(nn.Module):
         """pos (M,3) in [0,1], dirs (M,3) unit, image (M,) training-image index of each
         sample or None (mean appearance) -> sigma (M,), rgb (M,3)."""
         sigma, h = self.density(pos)
+        return sigma, self.colour(h, dirs, image)
+
+    def colour(self, h: torch.Tensor, dirs: torch.Tensor,
+               image: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Geometry features h (M, geo_features) from :meth:`density`, dirs (M,3) unit, image
+        (M,) or None (mean appearance) -> rgb (M,3) in (0,1)."""
         with profiling.stage(profiling.SH):
             sh = ops.sh_encode(dirs, self.config.sh_degree)             # [M, D^2]
         inputs = [h, sh]
-        codes = self.appearance_codes(image, pos.shape[0])
+        codes = self.appearance_codes(image, h.shape[0])
         if codes is not None:
             inputs.append(codes)
-        rgb = torch.sigmoid(self.color_net(torch.cat(inputs, dim=-1)))  # [M, 3]
-        return sigma, rgb
+        return torch.sigmoid(self.color_net(torch.cat(inputs, dim=-1)))  # [M, 3]
 
     def mlp_parameters(self):
         """(weights, biases) of the MLPs: weight decay applies to the weights only."""

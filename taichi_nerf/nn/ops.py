@@ -363,3 +363,21 @@ def composite_resume(sigmas: torch.Tensor, rgbs: torch.Tensor, samples: PackedSa
         raise ValueError(f"{M} sigmas for {samples.t.shape[0]} samples")
     composite_k.composite_resume(sigmas.detach(), rgbs.detach(), samples.t, samples.dt,
                                  samples.rays, ids, float(t_threshold), T, colour, depth)
+
+
+def resume_weights(sigmas: torch.Tensor, samples: PackedSamples, ids: torch.Tensor,
+                   T: torch.Tensor, t_threshold: float = 1e-4) -> torch.Tensor:
+    """The weights (M,) that :func:`composite_resume` will give the next samples (M,) of rays
+    ids (A,) int32 from their running T (N,) (unchanged); 0 after a ray ends."""
+    runtime.current()
+    M = sigmas.shape[0]
+    check_tensor(sigmas, "sigmas", (M,))
+    check_tensor(ids, "ray ids", (samples.rays.shape[0],), torch.int32)
+    check_tensor(T, "transmittance", (T.shape[0],))
+    _same_device(sigmas, samples.t, ids, T)
+    if samples.t.shape[0] != M:
+        raise ValueError(f"{M} sigmas for {samples.t.shape[0]} samples")
+    w = torch.empty(M, dtype=torch.float32, device=sigmas.device)
+    composite_k.resume_weights(sigmas.detach(), samples.dt, samples.rays, ids,
+                               float(t_threshold), T, w)
+    return w

@@ -85,12 +85,15 @@ class Renderer:
     @torch.no_grad()
     def render_rays_segmented(self, rays_o: torch.Tensor, rays_d: torch.Tensor, bg: torch.Tensor,
                               t_threshold: float = T_THRESHOLD,
-                              round_samples: int = ROUND_SAMPLES) -> Dict[str, torch.Tensor]:
+                              round_samples: int = ROUND_SAMPLES,
+                              min_weight: float = 0.0) -> Dict[str, torch.Tensor]:
         """Inference: rays (R,3) model space, bg (R,3) -> rgb (R,3), depth (R,) model units,
-        opacity (R,), n_samples (field evaluations). The rays are walked a few samples at a
-        time and a ray leaves the batch as soon as it ends, so samples behind a surface are
-        never evaluated (instant-ngp's compaction); with the same t_threshold the values
-        are render_rays' (jitter 0)."""
+        opacity (R,), n_samples (field evaluations), n_coloured (colour evaluations). The
+        rays are walked a few samples at a time and a ray leaves the batch as soon as it
+        ends, so samples behind a surface are never evaluated (instant-ngp's compaction);
+        with the same t_threshold the values are render_rays' (jitter 0). Only samples that
+        weigh more than min_weight get a colour (the others count as black: with 0, the
+        samples after a ray's end within its segment, which count for nothing)."""
         dev, R = rays_o.device, rays_o.shape[0]
         occ, march = self.grid.spec, self.grid.march
         t, t_far = ops.march_start(rays_o, rays_d, self.occupied_bounds(), occ, march)
@@ -99,7 +102,7 @@ class Renderer:
         depth = torch.zeros(R, dtype=torch.float32, device=dev)
         taken = torch.zeros(R, dtype=torch.int32, device=dev)
         ids = torch.arange(R, dtype=torch.int32, device=dev)
-        n_samples = 0
+        n_samples = n_coloured = 0
         while ids.shape[0]:
             # few samples per ray while many rays are alive, more as they end
             limit = segment_length(ids.shape[0], march, round_samples)
@@ -108,20 +111,31 @@ class Renderer:
                                       occ, march, limit)
             counts = s.rays[:, 1]
             if s.n_samples:
-                sigma, rgb = self.field(self.to_unit(s.positions), s.dirs, None)
+                sigma, h = self.field.density(self.to_unit(s.positions))
+                keep = (ops.resume_weights(sigma, s, ids, T, t_threshold)
+                        > min_weight).nonzero().squeeze(1)
+                if keep.shape[0] == s.n_samples:
+                    rgb = self.field.colour(h, s.dirs)
+                else:
+                    rgb = torch.zeros(s.n_samples, 3, dtype=torch.float32, device=dev)
+                    rgb[keep] = self.field.colour(h[keep], s.dirs[keep])
                 ops.composite_resume(sigma, rgb, s, ids, T, colour, depth, t_threshold)
                 n_samples += s.n_samples
+                n_coloured += keep.shape[0]
             ids = ids[segment_continues(counts, limit, T[ids.long()], t_threshold)]
         return {"rgb": colour + T[:, None] * bg, "depth": depth, "opacity": 1.0 - T,
-                "n_samples": n_samples}
+                "n_samples": n_samples, "n_coloured": n_coloured}
 
     @torch.no_grad()
     def render_image(self, c2w: torch.Tensor, intrinsics: torch.Tensor, distortion: torch.Tensor,
                      width: int, height: int, bg: torch.Tensor, chunk: int = 1 << 16,
-                     t_threshold: float = T_THRESHOLD) -> Dict[str, torch.Tensor]:
+                     t_threshold: float = T_THRESHOLD,
+                     min_weight: float = 0.0) -> Dict[str, torch.Tensor]:
         """One view: c2w (3|4,4) model space, intrinsics (4,), distortion (4,), bg (3,)
         -> rgb (H,W,3), depth (H,W) model units along the ray, opacity (H,W); `chunk` rays at
-        a time. A t_threshold above the training's T_THRESHOLD ends rays earlier (previews)."""
+        a time. A t_threshold above the training's T_THRESHOLD ends rays earlier, and a
+        min_weight above 0 colours only the samples that weigh more (previews; see
+        render_rays_segmented)."""
         dev = self.grid.device
         pix = pixel_grid(width, height, device=dev)
         cam = torch.zeros(pix.shape[0], dtype=torch.int32, device=dev)
@@ -135,7 +149,8 @@ class Renderer:
             if renders_whole(oc.shape[0], self.grid.march):  # few rays: one pass is cheaper
                 r = self.render_rays(oc, dc, bgc.contiguous(), t_threshold=t_threshold)
             else:
-                r = self.render_rays_segmented(oc, dc, bgc, t_threshold)
+                r = self.render_rays_segmented(oc, dc, bgc, t_threshold,
+                                               min_weight=min_weight)
             for k in outs:
                 outs[k].append(r[k])
         return {"rgb": torch.cat(outs["rgb"]).reshape(height, width, 3),

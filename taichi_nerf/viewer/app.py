@@ -1,7 +1,8 @@
 """Live GGUI viewer: orbit/pan/zoom/fly around a trained run, or watch training in the loop.
 
 Rendering goes through one of two backends with the same call (rays end once less than
-1% of the light is left, PREVIEW_T_THRESHOLD):
+1% of the light is left, PREVIEW_T_THRESHOLD, and only samples weighing more than
+PREVIEW_MIN_WEIGHT get a colour):
 - ``TorchPreview``: the training renderer (torch MLP), on cpu/cuda;
 - ``TaichiPreview``: :class:`taichi_nerf.kernels.inference.NerfModel`, every step a
   Taichi kernel, so no torch call happens inside a frame on vulkan/metal.
@@ -22,7 +23,7 @@ from taichi_nerf.nn import runtime
 from taichi_nerf.render.camera_paths import horizontal_basis, orbit_poses
 from taichi_nerf.data.scene import project_pinhole
 from taichi_nerf.kernels.occupancy import cell_centers, checkpoint_occupied
-from taichi_nerf.kernels.specs import PREVIEW_T_THRESHOLD, checkpoint_path
+from taichi_nerf.kernels.specs import PREVIEW_MIN_WEIGHT, PREVIEW_T_THRESHOLD, checkpoint_path
 
 MODES = ("rgb", "depth", "opacity")
 
@@ -107,7 +108,7 @@ class TorchPreview:
             torch.from_numpy(np.asarray(intrinsics, np.float32)).to(dev),
             torch.zeros(4, device=dev), width, height,
             torch.from_numpy(np.asarray(bg, np.float32)).to(dev),
-            t_threshold=PREVIEW_T_THRESHOLD)
+            t_threshold=PREVIEW_T_THRESHOLD, min_weight=PREVIEW_MIN_WEIGHT)
         return {k: v.cpu().numpy() for k, v in out.items()}
 
 
@@ -120,7 +121,8 @@ class TaichiPreview:
     def render(self, c2w_model, intrinsics, width, height, bg) -> Dict[str, np.ndarray]:
         """One view -> numpy rgb (H,W,3), depth, opacity (H,W)."""
         return self.model.render_image(c2w_model, intrinsics, width, height, bg=bg,
-                                       t_threshold=PREVIEW_T_THRESHOLD)
+                                       t_threshold=PREVIEW_T_THRESHOLD,
+                                       min_weight=PREVIEW_MIN_WEIGHT)
 
 
 def colorize(mode: str, out: Dict[str, np.ndarray], exposure: float = 1.0) -> np.ndarray:
