@@ -514,3 +514,21 @@ def test_eval_names_a_missing_training_folder(trained_run, tmp_path, capsys):
     save_checkpoint(moved / "checkpoint.npz", cfg, arrays)
     rc, _, err = cli(capsys, "eval", moved, "--arch", "cpu", "--quiet")
     assert_one_line_error(rc, err, "eval", gone, "pass --data")
+
+
+def test_the_cli_sets_passive_openmp_waiting_before_torch_loads():
+    """OMP_WAIT_POLICY is read once, when torch loads libgomp: the CLI sets it first."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import taichi_nerf.cli; "
+            "print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "PASSIVE"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's own setting stays
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "ACTIVE"]
