@@ -3,13 +3,17 @@ import os
 import zlib
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# as the CLI does (taichi_nerf/cli/__init__.py), before torch loads its OpenMP runtime: the
+# suite alternates torch ops and Taichi kernels on 2 cores too
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from taichi_nerf.nn import runtime
-from taichi_nerf.data import builtin, load_dataset
-from taichi_nerf.training.trainer import TrainConfig, Trainer, run_training
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from taichi_nerf.nn import runtime  # noqa: E402
+from taichi_nerf.data import builtin, load_dataset  # noqa: E402
+from taichi_nerf.training.trainer import TrainConfig, Trainer, run_training  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # TAICHI_NERF_TEST_ARCHS=cuda (comma-separated) runs the arch-parametrised tests elsewhere,
