@@ -15,7 +15,8 @@ from .camera import generate_rays
 from .checkpoint_io import read_checkpoint
 from .field_arrays import Temporaries, colour_forward, field_forward, upload
 from .hash_grid import checkpoint_table
-from .march import march_kernels, renders_whole, segment_continues, segment_length
+from .march import (march_kernels, pack_segment, renders_whole, segment_continues,
+                    segment_length)
 from .occupancy import checkpoint_bitfield, occupied_bounds
 from .specs import T_THRESHOLD, HashGridSpec, MarchSpec, OccupancySpec
 
@@ -48,26 +49,6 @@ def _to_unit(pos: ti.types.ndarray(dtype=ti.f32, ndim=2), lo: ti.f32, inv_size: 
              out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
     for i, k in ti.ndrange(pos.shape[0], 3):
         out[i, k] = ti.math.clamp((pos[i, k] - lo) * inv_size, 0.0, 1.0)
-
-
-@ti.kernel
-def _gather_samples(keep: ti.types.ndarray(dtype=ti.i32, ndim=1),
-                    t: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                    dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                    pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                    dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                    out_t: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                    out_dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                    out_pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                    out_dirs: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-    """Packed samples j = rows keep[j] of a segment's slots (the rows its rays filled)."""
-    for j in range(keep.shape[0]):
-        r = keep[j]
-        out_t[j] = t[r]
-        out_dt[j] = dt[r]
-        for a in ti.static(range(3)):
-            out_pos[j, a] = pos[r, a]
-            out_dirs[j, a] = dirs[r, a]
 
 
 @ti.kernel
@@ -217,15 +198,15 @@ class NerfModel:
             c = counts.to_numpy()
             M = int(c.sum())
             if M:
-                keep_np = np.flatnonzero(np.arange(limit)[None, :] < c[:, None]).astype(np.int32)
-                keep = self._new(ti.i32, (M,))
-                keep.from_numpy(keep_np)
+                starts_np = (np.cumsum(c) - c).astype(np.int32)
+                starts = self._new(ti.i32, (A,))
+                starts.from_numpy(starts_np)
                 s_t, s_dt = self._new(ti.f32, (M,)), self._new(ti.f32, (M,))
                 s_pos, s_dir = self._new(ti.f32, (M, 3)), self._new(ti.f32, (M, 3))
-                _gather_samples(keep, *slots, s_t, s_dt, s_pos, s_dir)
+                pack_segment(counts, starts, limit, *slots, s_t, s_dt, s_pos, s_dir,
+                             self._new(ti.i32, (M,)))
                 rays = self._new(ti.i32, (A, 2))
-                ends = np.cumsum(c).astype(np.int32)
-                rays.from_numpy(np.stack([ends - c, c], -1).astype(np.int32))
+                rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))
                 sigma, h = self.density(s_pos)
                 rgb, n = self._coloured(sigma, h, s_dir, s_dt, rays, ids, T, t_threshold,
                                         min_weight)

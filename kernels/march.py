@@ -296,6 +296,32 @@ class MarchKernels:
         self.segment = segment
 
 
+@ti.kernel
+def pack_segment(counts: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                 starts: ti.types.ndarray(dtype=ti.i32, ndim=1), limit: ti.i32,
+                 t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                 dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                 pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 out_t: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                 out_dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
+                 out_pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 out_dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                 ray_index: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    """A segment's samples packed: ray i wrote counts[i] (A,) samples into the slots from
+    row i*limit on (``MarchKernels.segment``); they go to rows starts[i].. of the outputs
+    (M,), in order, with ray_index = i. Both renderers' one packing step."""
+    for i in range(counts.shape[0]):
+        for n in range(counts[i]):
+            src, dst = i * limit + n, starts[i] + n
+            out_t[dst] = t[src]
+            out_dt[dst] = dt[src]
+            for a in ti.static(range(3)):
+                out_pos[dst, a] = pos[src, a]
+                out_dirs[dst, a] = dirs[src, a]
+            ray_index[dst] = i
+
+
 def renders_whole(n_rays: int, march: MarchSpec) -> bool:
     """Whether a render of `n_rays` rays walks them whole in one pass (count, fill, then
     composite) rather than in segments: when they fit WHOLE_WALK_SLOTS at max_samples each."""

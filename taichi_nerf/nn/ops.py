@@ -24,7 +24,7 @@ from taichi_nerf.nn import runtime
 from taichi_nerf.kernels import composite as composite_k
 from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.hash_grid import hash_grid_kernels
-from taichi_nerf.kernels.march import march_kernels
+from taichi_nerf.kernels.march import march_kernels, pack_segment
 from taichi_nerf.kernels.rays import ray_aabb_kernel
 from taichi_nerf.kernels.sh import sh_kernels
 from taichi_nerf.kernels.specs import HashGridSpec, MarchSpec, OccupancySpec
@@ -277,13 +277,18 @@ def march_segment(rays_o: torch.Tensor, rays_d: torch.Tensor, ids: torch.Tensor,
     if A:
         march_kernels(occ, march).segment(rays_o, rays_d, ids, t, t_far, taken, bitfield,
                                           limit, counts, bt, bdt, bpos, bdir)
-    # each ray wrote its counts[i] samples at rows i*limit..: keep those, packed
-    rows = torch.arange(limit, dtype=torch.int32, device=dev)
-    keep = (rows[None, :] < counts[:, None]).reshape(-1).nonzero().squeeze(1)
-    ends = torch.cumsum(counts, 0, dtype=torch.int32)
-    ray_index = torch.div(keep, limit, rounding_mode="floor").to(torch.int32)
-    return PackedSamples(bt[keep], bdt[keep], bpos[keep], bdir[keep], ray_index,
-                         torch.stack([ends - counts, counts], -1))
+    starts = torch.cumsum(counts, 0, dtype=torch.int32) - counts
+    M = int(starts[-1] + counts[-1]) if A else 0
+    out = PackedSamples(torch.empty(M, dtype=torch.float32, device=dev),
+                        torch.empty(M, dtype=torch.float32, device=dev),
+                        torch.empty(M, 3, dtype=torch.float32, device=dev),
+                        torch.empty(M, 3, dtype=torch.float32, device=dev),
+                        torch.empty(M, dtype=torch.int32, device=dev),
+                        torch.stack([starts, counts], -1))
+    if M:
+        pack_segment(counts, starts, limit, bt, bdt, bpos, bdir, out.t, out.dt, out.positions,
+                     out.dirs, out.ray_index)
+    return out
 
 
 # ---------------------------------------------------------------- compositing
