@@ -26,6 +26,18 @@ def accumulate_sample(T, sigma, dt):
 
 
 @ti.func
+def ray_goes_on(T, t_threshold):
+    """Whether a ray with transmittance T takes its next sample (early termination's rule)."""
+    return T >= t_threshold
+
+
+def needs_colour(weights, min_weight: float):
+    """Which samples get a colour (numpy or torch arrays alike): those whose compositing
+    weight (:func:`resume_weights`) exceeds min_weight; the rest count as black."""
+    return weights > min_weight
+
+
+@ti.func
 def composite_run(sigmas: ti.template(), rgbs: ti.template(), ts: ti.template(),
                   dts: ti.template(), start, count, T, c, depth, t_threshold):
     """Composite samples start..start+count-1 onto a ray's running (T, colour c, depth);
@@ -34,7 +46,7 @@ def composite_run(sigmas: ti.template(), rgbs: ti.template(), ts: ti.template(),
     T_run, c_run, depth_run = T + 0.0, c + 0.0, depth + 0.0  # local copies
     n = 0
     while n < count:
-        if T_run < t_threshold:  # checked first: a resumed ray may have ended already
+        if not ray_goes_on(T_run, t_threshold):  # first: a resumed ray may have ended
             break
         s = start + n
         w, T_run = accumulate_sample(T_run, sigmas[s], dts[s])
@@ -102,15 +114,16 @@ def resume_weights(sigmas: ti.types.ndarray(dtype=ti.f32, ndim=1),
                    t_threshold: ti.f32,
                    T: ti.types.ndarray(dtype=ti.f32, ndim=1),
                    out_w: ti.types.ndarray(dtype=ti.f32, ndim=1)):
-    """The weight (M,) that :func:`composite_resume` would give each of the next packed
-    samples of rays ids (A,), from their running T (N,), which stays unchanged; samples
-    after a ray ends weigh 0. Lets a renderer skip the colour of samples that barely count."""
+    """The weight that :func:`composite_resume` would give each of the next packed samples
+    of rays ids (A,), written into out_w (M,) at the rays' rows, from their running T (N,),
+    which stays unchanged; samples after a ray ends weigh 0. Lets a renderer skip the colour
+    of samples that barely count (:func:`needs_colour`)."""
     for i in range(ids.shape[0]):
         T_run = T[ids[i]]
         for n in range(rays[i, 1]):
             s = rays[i, 0] + n
             w = 0.0
-            if T_run >= t_threshold:
+            if ray_goes_on(T_run, t_threshold):
                 w, T_run = accumulate_sample(T_run, sigmas[s], dts[s])
             out_w[s] = w
 

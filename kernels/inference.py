@@ -145,7 +145,7 @@ class NerfModel:
         M = h.shape[0]
         w = self._new(ti.f32, (M,))
         composite_k.resume_weights(sigma, s_dt, rays, ids, float(t_threshold), T, w)
-        kept = np.flatnonzero(w.to_numpy() > min_weight).astype(np.int32)
+        kept = np.flatnonzero(composite_k.needs_colour(w.to_numpy(), min_weight)).astype(np.int32)
         if kept.size == M:
             return self.colour(h, dirs), M
         rgb = self._new(ti.f32, (M, 3))

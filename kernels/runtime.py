@@ -62,7 +62,7 @@ def _flush_at_exit() -> None:
 
 
 _exit_hook = False
-_retired: list = []  # ndarrays of ended Taichi programs, never dropped (see _retire_ndarrays)
+_retired: dict = {}  # id -> ndarray of an ended Taichi program, never dropped (_retire_ndarrays)
 
 
 def _retire_ndarrays() -> None:
@@ -78,7 +78,8 @@ def _retire_ndarrays() -> None:
     if ti.lang.impl.get_runtime().prog is None:
         return
     gc.collect()
-    _retired.extend(o for o in gc.get_objects() if isinstance(o, ti.lang._ndarray.Ndarray))
+    _retired.update((id(o), o) for o in gc.get_objects()
+                    if isinstance(o, ti.lang._ndarray.Ndarray))
 
 
 def _try_init(arch: str, threads: int, debug: bool, seed: int) -> bool:

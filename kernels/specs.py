@@ -16,7 +16,7 @@ T_THRESHOLD = 1e-4  # a ray stops once its transmittance drops below this (insta
 PREVIEW_T_THRESHOLD = 1e-2
 # the viewer evaluates the colour MLP only for samples that weigh more than this; the rest
 # count as black, so a pixel darkens by at most the weight they carry together (measured
-# in BENCHMARKS.md section 3f)
+# in BENCHMARKS.md section 3f); frames small enough to be walked whole colour every sample
 PREVIEW_MIN_WEIGHT = 1e-3
 # Rendering in segments: sample slots per round (about a training batch, where the field
 # runs at full speed) shared by the rays still going, at least SEGMENT_MIN each: short

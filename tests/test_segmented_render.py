@@ -173,7 +173,8 @@ def test_segmented_render_equals_whole_walk_render(trained, scene_dir, cpu_runti
     # pixel darkens by at most the weight they carry; depth and opacity stay exact
     skim = renderer.render_rays_segmented(o, d, bg.expand(o.shape[0], 3), round_samples=few,
                                           min_weight=1e-3)
-    assert seg["n_coloured"] <= seg["n_samples"] == skim["n_samples"]
+    # with min_weight 0 the samples after a ray's end in its last segment go uncoloured
+    assert seg["n_coloured"] < seg["n_samples"] == skim["n_samples"]
     assert skim["n_coloured"] < 0.9 * seg["n_coloured"]
     assert torch.equal(skim["depth"], seg["depth"]) and torch.equal(skim["opacity"], seg["opacity"])
     dark = seg["rgb"] - skim["rgb"]
@@ -258,7 +259,9 @@ def test_both_renderers_colour_the_same_samples(trained, scene_dir, cpu_runtime)
     for mw in (0.0, 1e-3):
         ref = renderer.render_rays_segmented(o, d, bg, min_weight=mw)
         got = model.render_rays(o_nd, d_nd, np.ones(3, np.float32), min_weight=mw)
-        assert got["n_coloured"] == ref["n_coloured"] and got["n_samples"] == ref["n_samples"]
+        assert got["n_samples"] == ref["n_samples"]
+        # the two MLPs round differently: a weight at min_weight may land on either side
+        assert abs(got["n_coloured"] - ref["n_coloured"]) <= 2e-3 * ref["n_samples"]
         for k in ("rgb", "depth", "opacity"):
             assert np.abs(got[k] - ref[k].numpy()).max() < 1e-4, (mw, k)
     assert ref["n_coloured"] < 0.9 * ref["n_samples"]

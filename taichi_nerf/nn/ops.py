@@ -382,7 +382,7 @@ def resume_weights(sigmas: torch.Tensor, samples: PackedSamples, ids: torch.Tens
     _same_device(sigmas, samples.t, ids, T)
     if samples.t.shape[0] != M:
         raise ValueError(f"{M} sigmas for {samples.t.shape[0]} samples")
-    w = torch.empty(M, dtype=torch.float32, device=sigmas.device)
+    w = torch.zeros(M, dtype=torch.float32, device=sigmas.device)  # rows no ray covers: 0
     composite_k.resume_weights(sigmas.detach(), samples.dt, samples.rays, ids,
                                float(t_threshold), T, w)
     return w

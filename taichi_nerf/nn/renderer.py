@@ -8,6 +8,7 @@ import torch
 from taichi_nerf.nn import losses, ops, profiling
 from taichi_nerf.nn.cameras import generate_rays, pixel_grid
 from taichi_nerf.nn.field import NGPField
+from taichi_nerf.kernels.composite import needs_colour
 from taichi_nerf.kernels.march import renders_whole, segment_continues, segment_length
 from taichi_nerf.kernels.specs import ROUND_SAMPLES, T_THRESHOLD
 from taichi_nerf.nn.occupancy import OccupancyGrid
@@ -93,7 +94,8 @@ class Renderer:
         ends, so samples behind a surface are never evaluated (instant-ngp's compaction);
         with the same t_threshold the values are render_rays' (jitter 0). Only samples that
         weigh more than min_weight get a colour (the others count as black: with 0, the
-        samples after a ray's end within its segment, which count for nothing)."""
+        samples after a ray's end within its segment and any whose weight rounds to 0, which
+        count for nothing)."""
         dev, R = rays_o.device, rays_o.shape[0]
         occ, march = self.grid.spec, self.grid.march
         t, t_far = ops.march_start(rays_o, rays_d, self.occupied_bounds(), occ, march)
@@ -112,13 +114,14 @@ class Renderer:
             counts = s.rays[:, 1]
             if s.n_samples:
                 sigma, h = self.field.density(self.to_unit(s.positions))
-                keep = (ops.resume_weights(sigma, s, ids, T, t_threshold)
-                        > min_weight).nonzero().squeeze(1)
+                keep = needs_colour(ops.resume_weights(sigma, s, ids, T, t_threshold),
+                                    min_weight).nonzero().squeeze(1)
                 if keep.shape[0] == s.n_samples:
                     rgb = self.field.colour(h, s.dirs)
                 else:
                     rgb = torch.zeros(s.n_samples, 3, dtype=torch.float32, device=dev)
-                    rgb[keep] = self.field.colour(h[keep], s.dirs[keep])
+                    if keep.shape[0]:
+                        rgb[keep] = self.field.colour(h[keep], s.dirs[keep])
                 ops.composite_resume(sigma, rgb, s, ids, T, colour, depth, t_threshold)
                 n_samples += s.n_samples
                 n_coloured += keep.shape[0]
@@ -135,7 +138,7 @@ class Renderer:
         -> rgb (H,W,3), depth (H,W) model units along the ray, opacity (H,W); `chunk` rays at
         a time. A t_threshold above the training's T_THRESHOLD ends rays earlier, and a
         min_weight above 0 colours only the samples that weigh more (previews; see
-        render_rays_segmented)."""
+        render_rays_segmented; chunks few enough to be walked whole colour every sample)."""
         dev = self.grid.device
         pix = pixel_grid(width, height, device=dev)
         cam = torch.zeros(pix.shape[0], dtype=torch.int32, device=dev)
