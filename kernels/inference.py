@@ -198,15 +198,12 @@ class NerfModel:
             c = counts.to_numpy()
             M = int(c.sum())
             if M:
-                starts_np = (np.cumsum(c) - c).astype(np.int32)
-                starts = self._new(ti.i32, (A,))
-                starts.from_numpy(starts_np)
+                rays = self._new(ti.i32, (A, 2))
+                rays.from_numpy(np.stack([np.cumsum(c) - c, c], -1).astype(np.int32))
                 s_t, s_dt = self._new(ti.f32, (M,)), self._new(ti.f32, (M,))
                 s_pos, s_dir = self._new(ti.f32, (M, 3)), self._new(ti.f32, (M, 3))
-                pack_segment(counts, starts, limit, *slots, s_t, s_dt, s_pos, s_dir,
+                pack_segment(rays, limit, *slots, s_t, s_dt, s_pos, s_dir,
                              self._new(ti.i32, (M,)))
-                rays = self._new(ti.i32, (A, 2))
-                rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))
                 sigma, h = self.density(s_pos)
                 rgb, n = self._coloured(sigma, h, s_dir, s_dt, rays, ids, T, t_threshold,
                                         min_weight)

@@ -297,8 +297,7 @@ class MarchKernels:
 
 
 @ti.kernel
-def pack_segment(counts: ti.types.ndarray(dtype=ti.i32, ndim=1),
-                 starts: ti.types.ndarray(dtype=ti.i32, ndim=1), limit: ti.i32,
+def pack_segment(rays: ti.types.ndarray(dtype=ti.i32, ndim=2), limit: ti.i32,
                  t: ti.types.ndarray(dtype=ti.f32, ndim=1),
                  dt: ti.types.ndarray(dtype=ti.f32, ndim=1),
                  pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -308,12 +307,13 @@ def pack_segment(counts: ti.types.ndarray(dtype=ti.i32, ndim=1),
                  out_pos: ti.types.ndarray(dtype=ti.f32, ndim=2),
                  out_dirs: ti.types.ndarray(dtype=ti.f32, ndim=2),
                  ray_index: ti.types.ndarray(dtype=ti.i32, ndim=1)):
-    """A segment's samples packed: ray i wrote counts[i] (A,) samples into the slots from
-    row i*limit on (``MarchKernels.segment``); they go to rows starts[i].. of the outputs
-    (M,), in order, with ray_index = i. Both renderers' one packing step."""
-    for i in range(counts.shape[0]):
-        for n in range(counts[i]):
-            src, dst = i * limit + n, starts[i] + n
+    """A segment's samples packed: ray i wrote rays[i, 1] samples into the slots from row
+    i*limit on (``MarchKernels.segment``); they go to rows rays[i, 0].. of the outputs (M,)
+    (rays (A,2) = packed (start, count)), in order, with ray_index = i. Both renderers' one
+    packing step."""
+    for i in range(rays.shape[0]):
+        for n in range(rays[i, 1]):
+            src, dst = i * limit + n, rays[i, 0] + n
             out_t[dst] = t[src]
             out_dt[dst] = dt[src]
             for a in ti.static(range(3)):

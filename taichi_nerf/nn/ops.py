@@ -286,7 +286,7 @@ def march_segment(rays_o: torch.Tensor, rays_d: torch.Tensor, ids: torch.Tensor,
                         torch.empty(M, dtype=torch.int32, device=dev),
                         torch.stack([starts, counts], -1))
     if M:
-        pack_segment(counts, starts, limit, bt, bdt, bpos, bdir, out.t, out.dt, out.positions,
+        pack_segment(out.rays, limit, bt, bdt, bpos, bdir, out.t, out.dt, out.positions,
                      out.dirs, out.ray_index)
     return out
 
