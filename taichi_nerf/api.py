@@ -93,6 +93,23 @@ def saved_train_setting(checkpoint: Path, name: str) -> Any:
     return value
 
 
+def _with_arch_defaults(cfg, arch: str, given: Dict[str, Any],
+                        saved: Optional[Path] = None):
+    """cfg with the arch's own defaults (training.config.ARCH_DEFAULTS) for the settings not
+    given; a resumed run keeps the values its checkpoint was trained with."""
+    from taichi_nerf.training.config import arch_defaults
+
+    changes = {}
+    for name, value in arch_defaults(arch).items():
+        if given.get(name) is not None:
+            continue
+        kept = saved_train_setting(saved, name) if saved is not None else None
+        changes[name] = kept if kept is not None else value
+    if changes.get("min_rays", cfg.min_rays) > changes.get("max_rays", cfg.max_rays):
+        changes.pop("max_rays", None)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = None, *,
                      steps: Optional[int] = None, time: Optional[float] = None,
                      downscale: int = 1, holdout: int = 8, seed: int = 0,
@@ -140,7 +157,9 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
     except OSError as e:
         raise OptionError(None, f"{out}: cannot create the run folder ({e.strerror or e})") \
             from None
-    init(arch, verbose=print_arch)
+    rt = init(arch, verbose=print_arch)
+    cfg = _with_arch_defaults(cfg, rt.arch, given=config,
+                              saved=out / CHECKPOINT_NAME if resume else None)
     from taichi_nerf.training.device import make_trainer
     trainer = make_trainer(train, cfg)
     trainer.data_source = {"data": data if is_builtin(data) else str(Path(root).resolve()),

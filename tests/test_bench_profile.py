@@ -79,17 +79,26 @@ def test_mlp_flop_count_matches_the_layers():
 
 def test_bench_profile_cli(scene_dir, capsys, tmp_path):
     rc, out, err = cli(capsys, "bench", "--profile", scene_dir, "--time", "0.5", "--steps", "2",
-                       "--arch", "cpu", "--json", tmp_path / "p.json")
+                       "--arch", "cpu", "--set", "log2-table=12", "--set", "target_samples=2048",
+                       "--json", tmp_path / "p.json")
     assert rc == 0, err
     assert "| hash encode bwd |" in out and "| Python and launch overhead |" in out
     saved = json.loads((tmp_path / "p.json").read_text())["profile"]
     assert saved["steps"] == 2 and [s["stage"] for s in saved["stages"]] == STAGE_NAMES
+    # the --set values reached the trainer: the table's rows and the step's samples follow them
+    assert saved["ceilings"]["table_rows"] == 16 * (1 << 12)
+    assert saved["samples_per_step"] < 2 * 2048
 
 
 @pytest.mark.parametrize("flags, needles", [
     (["--profile", "--kernels"], ["--profile each run alone"]),
     (["--profile", "--cold-start"], ["--profile and --cold-start each run alone"]),
     (["--profile", "--steps", "0"], ["--steps must be > 0"]),
+    (["--profile", "--set", "no-such-setting=1"], ["--set no-such-setting=1", "NAME=VALUE"]),
+    (["--profile", "--set", "log2-table"], ["--set log2-table", "NAME=VALUE"]),
+    (["--profile", "--set", "steps=3"], ["--set steps=3", "not steps or time"]),
+    (["--profile", "--set", "log2-table=99"], ["--set log2-table=99", "log2-table must be"]),
+    (["--profile", "--set", "lr=fast"], ["--set lr=fast", "must be a number"]),
 ])
 def test_bench_profile_bad_flags_are_one_line(capsys, flags, needles):
     rc, out, err = cli(capsys, "bench", *flags, "--arch", "cpu")

@@ -177,3 +177,33 @@ def test_other_commands_do_not_import_the_trainer():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_arch_defaults_apply_to_settings_not_given(tmp_path):
+    """cuda gets instant-ngp's batch and table unless the user set them; the cpu keeps the
+    fields' own defaults; a resumed run keeps what its checkpoint was trained with."""
+    from taichi_nerf.api import _with_arch_defaults
+    from taichi_nerf.nn.checkpoint import save_checkpoint
+    from taichi_nerf.training.config import ARCH_DEFAULTS, arch_defaults
+
+    base = TrainConfig(steps=10)
+    assert arch_defaults("cpu") == {} and _with_arch_defaults(base, "cpu", {}) == base
+    gpu = _with_arch_defaults(base, "cuda", {})
+    for name, value in ARCH_DEFAULTS["cuda"].items():
+        assert getattr(gpu, name) == value != getattr(base, name)
+    given = dataclasses.replace(base, log2_table=15)
+    mixed = _with_arch_defaults(given, "cuda", {"log2_table": 15})
+    assert mixed.log2_table == 15 and mixed.target_samples == ARCH_DEFAULTS["cuda"]["target_samples"]
+    # min_rays above the arch's max_rays: the arch's max_rays yields to the user's min_rays
+    many = dataclasses.replace(base, min_rays=1 << 19, max_rays=1 << 20)
+    assert _with_arch_defaults(many, "cuda", {"min_rays": 1 << 19}).max_rays == 1 << 20
+    ckpt = tmp_path / "checkpoint.npz"
+    save_checkpoint(ckpt, {"train": dataclasses.asdict(dataclasses.replace(base, log2_table=16))},
+                    {"x": __import__("numpy").zeros(1, "float32")})
+    resumed = _with_arch_defaults(base, "cuda", {}, saved=ckpt)
+    assert resumed.log2_table == 16 and resumed.max_rays == base.max_rays
+
+
+def test_help_names_the_arch_defaults(capsys):
+    out = " ".join(_help(capsys, "train").split())
+    assert "(default 17; 19 on cuda)" in out and "(default 16384; 262144 on cuda)" in out

@@ -5,8 +5,14 @@ The split comes from torch's profiler: the hash encoding and compositing are
 `torch.autograd.Function`s (forward and backward are events of their own), the MLPs and Adam
 are torch ops, and `taichi_nerf.nn.profiling` names the rest (rays, marching, SH, occupancy
 update, loss). What no event covers is Python and launch overhead.
+
+On CUDA the profiler still times the host: the run needs ``CUDA_LAUNCH_BLOCKING=1`` (the CLI
+sets it before CUDA starts), so that each launch returns when its kernel has run and a stage's
+host time holds its GPU time. Such a step runs without overlap of host and device work, so the
+step time of a normal run is reported beside it.
 """
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -87,6 +93,9 @@ def mlp_flop_per_sample(field: nn.Module) -> int:
                if isinstance(m, nn.Linear))
 
 
+BLOCKING_ENV = "CUDA_LAUNCH_BLOCKING"
+
+
 @ti.kernel
 def _gather_pairs(table: ti.types.ndarray(dtype=ti.f32, ndim=2),
                   out: ti.types.ndarray(dtype=ti.f32, ndim=1)):
@@ -97,11 +106,16 @@ def _gather_pairs(table: ti.types.ndarray(dtype=ti.f32, ndim=2),
         out[i] = table[j, 0] + table[j, 1]
 
 
-def random_read_rate(rows: int, repeats: int) -> float:
+def random_read_rate(rows: int, repeats: int, dev=None) -> float:
     """Random 8-byte reads per second (a Taichi kernel, float32 pairs) from a table of `rows`
-    rows: the hash grid's lookup pattern without its arithmetic or neighbouring corners."""
-    table = np.random.default_rng(401).random((rows, 2), dtype=np.float32)
-    out = np.empty(RANDOM_READS, np.float32)
+    rows on torch device `dev` (default cpu): the hash grid's lookup pattern without its
+    arithmetic or neighbouring corners."""
+    import torch
+
+    # torch tensors on the runtime's device: a numpy array would be copied to a GPU and back
+    table = torch.from_numpy(np.random.default_rng(401).random((rows, 2), dtype=np.float32))
+    table = table.to(dev or "cpu")
+    out = torch.empty(RANDOM_READS, dtype=torch.float32, device=table.device)
     t = measure({"gather": lambda: _gather_pairs(table, out)}, repeats)
     return RANDOM_READS / t["gather"]["median_s"]
 
@@ -113,7 +127,7 @@ def profile_ceilings(samples: int, table_rows: int, repeats: int, dev) -> Dict[s
     return {"gemm_step_flop_s": gemm_gflops(max(samples, 64), 64, 64, repeats, dev) * 1e9,
             "gemm_square_flop_s": gemm_gflops(1024, 1024, 1024, repeats, dev) * 1e9,
             "copy_bytes_s": base["copy_into_gb_s"] * 1e9, "copy_bytes": COPY_BYTES,
-            "random_reads_s": random_read_rate(table_rows, repeats),
+            "random_reads_s": random_read_rate(table_rows, repeats, dev),
             "table_rows": table_rows}
 
 
@@ -170,14 +184,20 @@ def run_step_profile(data: Optional[str] = None, warmup_s: float = 60.0, steps: 
     from taichi_nerf.training.trainer import LOSS_READ_EVERY, TrainConfig, Trainer
 
     rt = runtime.current()
-    if rt.arch != "cpu":
+    blocking = os.environ.get(BLOCKING_ENV) == "1"
+    if rt.arch not in ("cpu", "cuda") or (rt.arch == "cuda" and not blocking):
         # torch's CPU profiler times when work is queued, not when a GPU runs it
-        raise OptionError("arch", f"must be cpu for the step profile (got {rt.arch}): torch's "
+        raise OptionError("arch", f"must be cpu, or cuda with {BLOCKING_ENV}=1 set before CUDA "
+                                  f"starts, for the step profile (got {rt.arch}): torch's "
                                   f"profiler times the host, and GPU stages run apart from it")
     if steps < 1:
         raise OptionError("steps", f"must be at least 1, got {steps}")
     root = Path(data) if data else ensure_builtin_scene(progress=progress)
-    cfg = TrainConfig(**{**(settings or {}), "time": warmup_s, "steps": None})
+    from taichi_nerf.training.config import arch_defaults
+
+    # as `train` builds it: the arch's own defaults under the settings given
+    cfg = TrainConfig(**{**arch_defaults(rt.arch), **(settings or {}), "time": warmup_s,
+                         "steps": None})
     trainer = Trainer(load_dataset(root, "train", downscale, holdout), cfg)
     progress_line(f"profile: training {warmup_s:g} s on {root.name} before the profile", progress)
     first = _train_for(trainer, warmup_s, LOSS_READ_EVERY)
@@ -204,7 +224,8 @@ def run_step_profile(data: Optional[str] = None, warmup_s: float = 60.0, steps: 
                      "of_ceiling": rate / ceiling if rate and ceiling else None})
     return {"machine": machine_info(rt.arch), "data": str(root), "warmup_s": warmup_s,
             "steps": steps, "step_at_profile": trainer.step - steps,
-            "first_step_s": first, "step_s": wall / steps, "step_s_unprofiled": plain[0] / steps,
+            "first_step_s": first, "step_s": wall / steps,
+            "blocking_launches": rt.arch == "cuda", "step_s_unprofiled": plain[0] / steps,
             "samples_per_step": s_step, "rays_per_step": r_step,
             "occupancy_updates": updates, "ceilings": ceil, "stages": rows}
 
@@ -225,13 +246,16 @@ def format_profile_markdown(r: Dict[str, Any]) -> str:
     lines = [
         f"### Step profile: {Path(r['data']).name}, {r['steps']} steps from step "
         f"{r['step_at_profile']} (after {r['warmup_s']:g} s of training)",
-        f"Machine: {mach.get('cpu_model')}, {mach.get('cpu_count')} cores, arch "
+        f"Machine: {mach.get('cpu_model')}, {mach.get('cpu_count')} cores"
+        + (f", {mach['gpu']}" if mach.get("gpu") else "") + f", arch "
         f"{mach.get('arch')}, commit {mach.get('commit')}, {mach.get('date')}",
         "",
         f"Step: {1e3 * r['step_s']:.1f} ms under the profiler, "
         f"{1e3 * r['step_s_unprofiled']:.1f} ms without; {r['samples_per_step']:.0f} samples, "
         f"{r['rays_per_step']:.0f} rays a step; {r['occupancy_updates']} occupancy updates; "
-        f"first step of the run {r['first_step_s']:.1f} s (compilation included).",
+        f"first step of the run {r['first_step_s']:.1f} s (compilation included)."
+        + (" Every CUDA launch blocked until its kernel ended (a stage's time holds its GPU "
+           "time; no overlap)." if r.get("blocking_launches") else ""),
         f"Ceilings measured in this run: GEMM {c['gemm_step_flop_s'] / 1e9:.1f} GFLOP/s at the "
         f"step's shape ({r['samples_per_step']:.0f} x 64 @ 64 x 64), "
         f"{c['gemm_square_flop_s'] / 1e9:.1f} GFLOP/s square (1024); copy "

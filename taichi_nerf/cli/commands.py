@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import typing
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from taichi_nerf.api import BUILTIN
 from taichi_nerf.cli.parser import _parser
@@ -251,8 +253,34 @@ def _bench_profile(a: argparse.Namespace) -> int:
     _positive("downscale", a.downscale)
     data = None if a.profile == BUILTIN else str(_resolve_data(a.profile, False))
     res = run_step_profile(data=data, warmup_s=a.time, steps=a.steps, downscale=a.downscale,
-                           holdout=a.holdout)
+                           holdout=a.holdout, settings=_profile_settings(a.settings))
     return _bench_report(a, "profile", res, format_profile_markdown(res))
+
+
+def _profile_settings(pairs: List[str]) -> Dict[str, Any]:
+    """`bench --set NAME=VALUE` pairs -> TrainConfig overrides (values checked as `train`'s)."""
+    from taichi_nerf.cli.parser import checked_value
+    from taichi_nerf.training.config import TrainConfig, value_kind
+
+    hints = typing.get_type_hints(TrainConfig)
+    out: Dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        field = name.strip().replace("-", "_")
+        kind = value_kind(hints[field]) if field in hints else None
+        if not sep or kind is None or field in ("steps", "time"):
+            raise CLIError(f"--set {pair}: give NAME=VALUE with NAME a trainer setting (a "
+                           f"`taichi-nerf train` flag without its dashes, not steps or time)")
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise CLIError(f"--set {pair}: {name} takes true or false")
+            out[field] = text.lower() in ("true", "1")
+        else:
+            try:
+                out[field] = checked_value(field, kind)(text)
+            except argparse.ArgumentTypeError as e:
+                raise CLIError(f"--set {pair}: {name} {e}") from None
+    return out
 
 
 def _bench_cold_start(a: argparse.Namespace, arch: str) -> int:
@@ -284,6 +312,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if alone and (len(alone) > 1 or a.viewer is not None or a.kernels or a.training or a.quick):
         raise CLIError(f"{' and '.join(alone)} each run alone: give one of them, without "
                        f"--viewer, --kernels, --training or --quick")
+    if a.profile is not None:
+        # before CUDA starts: the profile times the host, so each launch must wait for its
+        # kernel (bench/profile.py); a no-op on the cpu
+        from taichi_nerf.bench.profile import BLOCKING_ENV
+        os.environ.setdefault(BLOCKING_ENV, "1")
     rt = _init(a.arch)
     if a.profile is not None:
         return _bench_profile(a)

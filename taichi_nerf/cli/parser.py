@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, List, Sequence
 
 from taichi_nerf.api import BUILTIN, DEFAULT_TIME  # numpy-only imports
-from taichi_nerf.training.config import OptionError, check_setting, range_help, value_kind
+from taichi_nerf.training.config import (OptionError, arch_default_help, check_setting,
+                                         range_help, value_kind)
 
 
 def _arch_arg(p: argparse.ArgumentParser) -> None:
@@ -69,7 +70,8 @@ def _config_args(parser: argparse.ArgumentParser, config_cls: type,
         if range_help(f.name):
             text += f"; {range_help(f.name)}"
         if f.default is not None:
-            text += f" (default {f.default:g})" if kind is float else f" (default {f.default})"
+            text += (f" (default {f.default:g}" if kind is float else f" (default {f.default}") \
+                + arch_default_help(f.name) + ")"
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
@@ -121,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=checked_value("eval_every", int), default=0,
                    help="validate every N steps")
     t.add_argument("--log2-table", type=checked_value("log2_table", int), default=None,
-                   help="hash table size per level, log2 (default 17)")
+                   help=f"hash table size per level, log2 (default {TrainConfig.log2_table}"
+                        f"{arch_default_help('log2_table')})")
     t.add_argument("--sparse-depth", type=checked_value("sparse_depth", float), default=None,
                    metavar="WEIGHT",
                    help="weight of the depth loss on rays through COLMAP's sparse points "
@@ -301,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
                         "seconds, then split --steps steps by stage (rays, marching, hash "
                         "encoding, MLP, compositing, loss, optimizer, occupancy, overhead) with "
                         "each stage's rate against this machine's ceilings; nothing else runs "
-                        "(cpu only)")
+                        "(cpu; cuda with every launch blocking, which the command sets)")
     b.add_argument("--cold-start", nargs="?", const=BUILTIN, default=None, metavar="DATA",
                    help="first training step on DATA (default: the built-in scene) in a fresh "
                         "process on an empty Taichi offline cache, then again on the cache that "
@@ -309,6 +312,9 @@ def _parser() -> argparse.ArgumentParser:
                         "else runs")
     b.add_argument("--steps", type=int, default=32,
                    help="--profile: steps profiled after the training (default 32)")
+    b.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                   help="--profile: a trainer setting, named as its `train` flag without the "
+                        "dashes (e.g. --set target-samples=262144); repeatable")
     b.add_argument("--time", type=float, default=60.0,
                    help="training budget in seconds (with --profile: training before the "
                         "profiled steps)")

@@ -9,15 +9,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from taichi_nerf.kernels.specs import MAX_LOG2_TABLE, MAX_RESOLUTION
 from taichi_nerf.options import OptionError
 
-__all__ = ["MAX_APPEARANCE", "OptionError", "TrainConfig", "check_setting", "range_help",
-           "value_kind"]
+__all__ = ["ARCH_DEFAULTS", "MAX_APPEARANCE", "OptionError", "TrainConfig", "arch_defaults",
+           "check_setting", "range_help", "value_kind"]
 
 MAX_APPEARANCE = 256  # floats per image; nerfacto uses 32
+
+# Settings whose best value on a GPU is not the 2-core CPU's: instant-ngp's batch (2^18
+# samples a step) and table (2^19 entries a level). On an H200, Lego 800x800, 300 s: 45929
+# steps at 40 M samples/s, 34.9 dB (BENCHMARKS 4b); the CPU's 2^14 samples a step would leave
+# such a GPU waiting on launches. Only cuda: the Vulkan path has run on lavapipe (a CPU) alone.
+ARCH_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "cuda": {"target_samples": 1 << 18, "max_rays": 1 << 18, "log2_table": 19},
+}
 
 
 def _opt(default: Any, help: str, lo: Optional[float] = None, hi: Optional[float] = None,
@@ -71,6 +79,17 @@ def check_setting(name: str, value: Any) -> None:
             or (hi is not None and value > hi) \
             or (m.get("multiple_of") and value % m["multiple_of"]):
         raise OptionError(name, f"must be {_range_text(m)}, got {value}")
+
+
+def arch_defaults(arch: str) -> Dict[str, Any]:
+    """The settings whose default on Taichi arch `arch` differs from the field's own."""
+    return dict(ARCH_DEFAULTS.get(arch, {}))
+
+
+def arch_default_help(name: str) -> str:
+    """'; 19 on cuda' style words for field `name`'s arch defaults ('' when it has none)."""
+    return "".join(f"; {v} on {a}" for a, d in ARCH_DEFAULTS.items() for k, v in d.items()
+                   if k == name)
 
 
 def range_help(name: str) -> str:
