@@ -207,3 +207,15 @@ def test_arch_defaults_apply_to_settings_not_given(tmp_path):
 def test_help_names_the_arch_defaults(capsys):
     out = " ".join(_help(capsys, "train").split())
     assert "(default 17; 19 on cuda)" in out and "(default 16384; 262144 on cuda)" in out
+
+
+def test_learning_rate_schedule():
+    """lr, flat to half the budget, then exponential down to lr * lr_final_factor at its end
+    (by steps, or by seconds with --time)."""
+    c = TrainConfig(steps=4000, lr=0.01, lr_final_factor=0.1)
+    assert c.lr_at(0, 0.0) == pytest.approx(0.01) == c.lr_at(2000, 0.0)
+    assert c.lr_at(3000, 0.0) == pytest.approx(0.01 * 0.1 ** 0.5)
+    assert c.lr_at(4000, 0.0) == pytest.approx(0.001)
+    timed = TrainConfig(time=100.0, lr=0.01)
+    assert timed.lr_at(10, 40.0) == pytest.approx(0.01)
+    assert timed.lr_at(10, 75.0) == pytest.approx(0.01 * 0.1 ** 0.5)

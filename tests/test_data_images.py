@@ -88,3 +88,25 @@ def test_downscale_larger_than_image_is_an_error(tmp_path):
     iio.imwrite(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(DataError, match="downscale 8"):
         load_images([tmp_path / "a.png"], downscale=8)
+
+
+def test_downscale_rgba_crops_and_stays_within_each_blocks_range():
+    """An RGBA image whose sides are no multiple of k: cropped, alpha the block mean, each
+    colour inside its block's range (the division may not round past it)."""
+    rng = np.random.default_rng(7)
+    img = rng.random((23, 17, 4)).astype(np.float32)
+    img[..., 3] *= rng.random((23, 17)) > 0.3  # transparent pixels among opaque ones
+    img[:5, :5, 3] = 0.0
+    out = downscale_area(img, 5)
+    assert out.shape == (4, 3, 4) and out.dtype == np.float32
+    ref = block_mean(img, 5)
+    np.testing.assert_allclose(out[..., 3], ref[..., 3], atol=1e-6)
+    for i in range(4):
+        for j in range(3):
+            block = img[i * 5:(i + 1) * 5, j * 5:(j + 1) * 5]
+            a = block[..., 3:].astype(np.float64)
+            want = (block[..., :3] * a).sum((0, 1)) / a.sum() if a.sum() > 0 \
+                else block[..., :3].mean((0, 1))
+            np.testing.assert_allclose(out[i, j, :3], want, atol=1e-5)
+            assert np.all(out[i, j, :3] >= block[..., :3].min((0, 1)))
+            assert np.all(out[i, j, :3] <= block[..., :3].max((0, 1)))

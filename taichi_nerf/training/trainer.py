@@ -322,10 +322,8 @@ class Trainer:
         return {"loss": mse, "psnr": psnr_from_mse(max(mse, 1e-12))}
 
     def lr_now(self) -> float:
-        """The learning rate now: lr, decaying exponentially to lr * lr_final_factor over
-        the second half of the budget."""
-        p = self.config.budget_progress(self.step, self.elapsed)
-        return self.config.lr * self.config.lr_final_factor ** max(0.0, (p - 0.5) / 0.5)
+        """The learning rate now (TrainConfig.lr_at this step and elapsed time)."""
+        return self.config.lr_at(self.step, self.elapsed)
 
     def set_lr(self) -> None:
         """Set the optimizer's learning rate to :meth:`lr_now`."""
