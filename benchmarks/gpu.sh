@@ -8,7 +8,8 @@
 #
 # Run from a folder where `python -m taichi_nerf.cli` imports the installed package (PYTHON
 # picks the interpreter). The GPU settings are instant-ngp's: 2^18 samples a step, a 2^19
-# hash table per level; everything else is the trainer's default.
+# hash table per level. They are `train`'s cuda defaults today, and stay pinned here so that
+# the figures keep their meaning if those defaults change.
 set -u
 PY=${PYTHON:-python3}
 ARCH=${ARCH:-cuda}  # another arch only to try the script out

@@ -63,10 +63,12 @@ def default_run_folder(data: str) -> Path:
 
 
 def train_config(steps: Optional[int] = None, time: Optional[float] = None, seed: int = 0,
+                 arch: Optional[str] = None, saved: Optional[Dict[str, Any]] = None,
                  **config: Any):
     """TrainConfig with the CLI's budget default (time 150 s when neither steps nor time is
-    given) and checked overrides; unknown field names -> TypeError naming them."""
-    from taichi_nerf.training.config import TrainConfig
+    given) and checked overrides, over a resumed run's `saved` settings and `arch`'s own
+    defaults (training.config.settings_for); unknown field names -> TypeError naming them."""
+    from taichi_nerf.training.config import TrainConfig, settings_for
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(config) - fields)
@@ -75,7 +77,7 @@ def train_config(steps: Optional[int] = None, time: Optional[float] = None, seed
                         f"{', '.join(unknown)} (TrainConfig has {', '.join(sorted(fields))})")
     # TrainConfig checks each value against its field's range (train/config.py)
     return TrainConfig(steps=steps, time=time if time or steps else DEFAULT_TIME, seed=seed,
-                       **{k: v for k, v in config.items() if v is not None})
+                       **settings_for(arch, config, saved))
 
 
 def saved_train_setting(checkpoint: Path, name: str) -> Any:
@@ -93,21 +95,11 @@ def saved_train_setting(checkpoint: Path, name: str) -> Any:
     return value
 
 
-def _with_arch_defaults(cfg, arch: str, given: Dict[str, Any],
-                        saved: Optional[Path] = None):
-    """cfg with the arch's own defaults (training.config.ARCH_DEFAULTS) for the settings not
-    given; a resumed run keeps the values its checkpoint was trained with."""
-    from taichi_nerf.training.config import arch_defaults
+def saved_train_settings(checkpoint: Path) -> Dict[str, Any]:
+    """The RESUME_KEEPS settings as the checkpoint's run used them (valid ones only)."""
+    from taichi_nerf.training.config import RESUME_KEEPS
 
-    changes = {}
-    for name, value in arch_defaults(arch).items():
-        if given.get(name) is not None:
-            continue
-        kept = saved_train_setting(saved, name) if saved is not None else None
-        changes[name] = kept if kept is not None else value
-    if changes.get("min_rays", cfg.min_rays) > changes.get("max_rays", cfg.max_rays):
-        changes.pop("max_rays", None)
-    return dataclasses.replace(cfg, **changes) if changes else cfg
+    return {name: saved_train_setting(checkpoint, name) for name in RESUME_KEEPS}
 
 
 def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = None, *,
@@ -123,7 +115,7 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
     from taichi_nerf.data.scene import MAX_AABB_SCALE, is_power_of_two
 
     data = BUILTIN if data is None else os.fspath(data)
-    cfg = train_config(steps, time, seed, **config)  # options fail before any data loads
+    train_config(steps, time, seed, **config)  # options fail before any data loads
     if aabb_scale is not None and not (1 <= aabb_scale <= MAX_AABB_SCALE
                                        and is_power_of_two(aabb_scale)):
         raise OptionError("aabb_scale", f"must be a power of two in [1, {MAX_AABB_SCALE}], "
@@ -131,12 +123,6 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
     out = Path(out) if out is not None else default_run_folder(data)
     if resume and not (out / CHECKPOINT_NAME).exists():
         raise OptionError(None, f"{out / CHECKPOINT_NAME}: no checkpoint to resume from")
-    if resume and cfg.finest_resolution is None:
-        # resume with the grid the run was built with: its default may have been an older
-        # rule's (a checkpoint that disagrees otherwise fails on load, naming the flag)
-        saved = saved_train_setting(out / CHECKPOINT_NAME, "finest_resolution")
-        if saved is not None:
-            cfg = dataclasses.replace(cfg, finest_resolution=saved)
     root = resolve_data(data, progress)
     if not is_builtin(data):
         from taichi_nerf.process import needs_processing, process_for_training
@@ -158,8 +144,12 @@ def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = 
         raise OptionError(None, f"{out}: cannot create the run folder ({e.strerror or e})") \
             from None
     rt = init(arch, verbose=print_arch)
-    cfg = _with_arch_defaults(cfg, rt.arch, given=config,
-                              saved=out / CHECKPOINT_NAME if resume else None)
+    # the arch's own defaults; a resumed run builds the model it was trained with (a default
+    # may have been an older rule's or another arch's; a checkpoint that disagrees fails on
+    # load, naming the flag)
+    cfg = train_config(steps, time, seed, arch=rt.arch,
+                       saved=saved_train_settings(out / CHECKPOINT_NAME) if resume else None,
+                       **config)
     from taichi_nerf.training.device import make_trainer
     trainer = make_trainer(train, cfg)
     trainer.data_source = {"data": data if is_builtin(data) else str(Path(root).resolve()),

@@ -99,6 +99,7 @@ def test_bench_profile_cli(scene_dir, capsys, tmp_path):
     (["--profile", "--set", "steps=3"], ["--set steps=3", "not steps or time"]),
     (["--profile", "--set", "log2-table=99"], ["--set log2-table=99", "log2-table must be"]),
     (["--profile", "--set", "lr=fast"], ["--set lr=fast", "must be a number"]),
+    (["--kernels", "--set", "lr=0.02"], ["--set is a setting of the step profile"]),
 ])
 def test_bench_profile_bad_flags_are_one_line(capsys, flags, needles):
     rc, out, err = cli(capsys, "bench", *flags, "--arch", "cpu")

@@ -14,7 +14,7 @@ import pytest
 from taichi_nerf.nn.checkpoint import load_checkpoint
 from taichi_nerf.cli import main
 from taichi_nerf.cli.parser import CONFIG_GROUP, TRAIN_HAND_FLAGS
-from taichi_nerf.training.config import value_kind
+from taichi_nerf.training.config import OptionError, value_kind
 from taichi_nerf.training.trainer import TrainConfig
 
 from conftest import cli
@@ -181,27 +181,53 @@ def test_other_commands_do_not_import_the_trainer():
 
 def test_arch_defaults_apply_to_settings_not_given(tmp_path):
     """cuda gets instant-ngp's batch and table unless the user set them; the cpu keeps the
-    fields' own defaults; a resumed run keeps what its checkpoint was trained with."""
-    from taichi_nerf.api import _with_arch_defaults
+    fields' own defaults; a resumed run keeps what its checkpoint was trained with, on any
+    arch; max_rays not given never falls below min_rays."""
+    from taichi_nerf.api import saved_train_settings, train_config
     from taichi_nerf.nn.checkpoint import save_checkpoint
     from taichi_nerf.training.config import ARCH_DEFAULTS, arch_defaults
 
-    base = TrainConfig(steps=10)
-    assert arch_defaults("cpu") == {} and _with_arch_defaults(base, "cpu", {}) == base
-    gpu = _with_arch_defaults(base, "cuda", {})
+    base = train_config(10)
+    assert arch_defaults("cpu") == {} and train_config(10, arch="cpu") == base
+    gpu = train_config(10, arch="cuda")
     for name, value in ARCH_DEFAULTS["cuda"].items():
         assert getattr(gpu, name) == value != getattr(base, name)
-    given = dataclasses.replace(base, log2_table=15)
-    mixed = _with_arch_defaults(given, "cuda", {"log2_table": 15})
-    assert mixed.log2_table == 15 and mixed.target_samples == ARCH_DEFAULTS["cuda"]["target_samples"]
-    # min_rays above the arch's max_rays: the arch's max_rays yields to the user's min_rays
-    many = dataclasses.replace(base, min_rays=1 << 19, max_rays=1 << 20)
-    assert _with_arch_defaults(many, "cuda", {"min_rays": 1 << 19}).max_rays == 1 << 20
+    mixed = train_config(10, arch="cuda", log2_table=15)
+    assert mixed.log2_table == 15
+    assert mixed.target_samples == ARCH_DEFAULTS["cuda"]["target_samples"]
+    # min_rays above every default max_rays: max_rays follows it, on any arch
+    for arch in (None, "cpu", "cuda"):
+        many = train_config(10, arch=arch, min_rays=1 << 19)
+        assert many.min_rays == many.max_rays == 1 << 19
+    with pytest.raises(OptionError, match="min_rays"):
+        train_config(10, min_rays=1 << 19, max_rays=1 << 18)  # both given: the user's mistake
+    # a run trained on cuda, resumed on the cpu (and the other way): its own table and grid
     ckpt = tmp_path / "checkpoint.npz"
-    save_checkpoint(ckpt, {"train": dataclasses.asdict(dataclasses.replace(base, log2_table=16))},
+    trained = dataclasses.replace(gpu, finest_resolution=512)
+    save_checkpoint(ckpt, {"train": dataclasses.asdict(trained)},
                     {"x": __import__("numpy").zeros(1, "float32")})
-    resumed = _with_arch_defaults(base, "cuda", {}, saved=ckpt)
-    assert resumed.log2_table == 16 and resumed.max_rays == base.max_rays
+    saved = saved_train_settings(ckpt)
+    on_cpu = train_config(10, arch="cpu", saved=saved)
+    assert on_cpu.log2_table == 19 and on_cpu.finest_resolution == 512
+    assert on_cpu.max_rays == ARCH_DEFAULTS["cuda"]["max_rays"]
+    assert train_config(10, arch="cpu", saved=saved, log2_table=16).log2_table == 16
+    save_checkpoint(ckpt, {"train": dataclasses.asdict(base)},
+                    {"x": __import__("numpy").zeros(1, "float32")})
+    assert train_config(10, arch="cuda", saved=saved_train_settings(ckpt)).log2_table == 17
+
+
+def test_min_rays_without_max_rays_passes_the_early_check(monkeypatch):
+    """`train --min-rays 131072` without --max-rays gets past prepare_training's early
+    options check (which knows no arch yet) to the data: max_rays follows min_rays, as it
+    does on cuda, whose max_rays default is larger anyway."""
+    import taichi_nerf.api as api
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(api, "resolve_data", stop)  # the first step after the options check
+    with pytest.raises(_Stop):
+        main(["train", "--min-rays", "131072", "--steps", "3", "--arch", "cpu", "--quiet"])
 
 
 def test_help_names_the_arch_defaults(capsys):

@@ -8,8 +8,9 @@ update, loss). What no event covers is Python and launch overhead.
 
 On CUDA the profiler still times the host: the run needs ``CUDA_LAUNCH_BLOCKING=1`` (the CLI
 sets it before CUDA starts), so that each launch returns when its kernel has run and a stage's
-host time holds its GPU time. Such a step runs without overlap of host and device work, so the
-step time of a normal run is reported beside it.
+host time holds its GPU time. The variable holds for the whole process: every step of such a
+run, the ones outside the profiler too, runs without overlap of host and device work; a
+free-running step's time comes from a `train` run.
 """
 
 import os
@@ -193,11 +194,10 @@ def run_step_profile(data: Optional[str] = None, warmup_s: float = 60.0, steps: 
     if steps < 1:
         raise OptionError("steps", f"must be at least 1, got {steps}")
     root = Path(data) if data else ensure_builtin_scene(progress=progress)
-    from taichi_nerf.training.config import arch_defaults
+    from taichi_nerf.training.config import settings_for
 
-    # as `train` builds it: the arch's own defaults under the settings given
-    cfg = TrainConfig(**{**arch_defaults(rt.arch), **(settings or {}), "time": warmup_s,
-                         "steps": None})
+    # as `train` builds it: the settings given over the arch's own defaults
+    cfg = TrainConfig(**settings_for(rt.arch, settings or {}), time=warmup_s, steps=None)
     trainer = Trainer(load_dataset(root, "train", downscale, holdout), cfg)
     progress_line(f"profile: training {warmup_s:g} s on {root.name} before the profile", progress)
     first = _train_for(trainer, warmup_s, LOSS_READ_EVERY)
@@ -251,7 +251,9 @@ def format_profile_markdown(r: Dict[str, Any]) -> str:
         f"{mach.get('arch')}, commit {mach.get('commit')}, {mach.get('date')}",
         "",
         f"Step: {1e3 * r['step_s']:.1f} ms under the profiler, "
-        f"{1e3 * r['step_s_unprofiled']:.1f} ms without; {r['samples_per_step']:.0f} samples, "
+        f"{1e3 * r['step_s_unprofiled']:.1f} ms without"
+        + (" (launches still blocking)" if r.get("blocking_launches") else "") + "; "
+        f"{r['samples_per_step']:.0f} samples, "
         f"{r['rays_per_step']:.0f} rays a step; {r['occupancy_updates']} occupancy updates; "
         f"first step of the run {r['first_step_s']:.1f} s (compilation included)."
         + (" Every CUDA launch blocked until its kernel ended (a stage's time holds its GPU "

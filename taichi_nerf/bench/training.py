@@ -25,7 +25,8 @@ def run_training_benchmark(data: Optional[str] = None, time_budget: float = 60.0
     train = load_dataset(root, "train", downscale, holdout)
     split = "test" if data is None else "val"
     val = load_dataset(root, split, downscale, holdout, scene=train.scene)
-    trainer = Trainer(train, TrainConfig(time=time_budget))
+    from taichi_nerf.training.config import settings_for
+    trainer = Trainer(train, TrainConfig(time=time_budget, **settings_for(rt.arch, {})))
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="taichi-nerf-bench-"))
     t0 = time.perf_counter()
     m = run_training(trainer, out, val=val, progress=progress)

@@ -245,15 +245,12 @@ def bench_exit_code(results: Dict[str, Any]) -> int:
     return 1
 
 
-def _bench_profile(a: argparse.Namespace) -> int:
+def _bench_profile(a: argparse.Namespace, settings: Dict[str, Any]) -> int:
     """`bench --profile [DATA]`: the step profile's table (and --json)."""
     from taichi_nerf.bench.profile import format_profile_markdown, run_step_profile
-    _positive("time", a.time)
-    _positive("steps", a.steps)
-    _positive("downscale", a.downscale)
     data = None if a.profile == BUILTIN else str(_resolve_data(a.profile, False))
     res = run_step_profile(data=data, warmup_s=a.time, steps=a.steps, downscale=a.downscale,
-                           holdout=a.holdout, settings=_profile_settings(a.settings))
+                           holdout=a.holdout, settings=settings)
     return _bench_report(a, "profile", res, format_profile_markdown(res))
 
 
@@ -271,6 +268,7 @@ def _profile_settings(pairs: List[str]) -> Dict[str, Any]:
         if not sep or kind is None or field in ("steps", "time"):
             raise CLIError(f"--set {pair}: give NAME=VALUE with NAME a trainer setting (a "
                            f"`taichi-nerf train` flag without its dashes, not steps or time)")
+        text = text.strip()
         if kind is bool:
             if text.lower() not in ("true", "false", "1", "0"):
                 raise CLIError(f"--set {pair}: {name} takes true or false")
@@ -312,14 +310,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if alone and (len(alone) > 1 or a.viewer is not None or a.kernels or a.training or a.quick):
         raise CLIError(f"{' and '.join(alone)} each run alone: give one of them, without "
                        f"--viewer, --kernels, --training or --quick")
+    if a.settings and a.profile is None:
+        raise CLIError("--set is a setting of the step profile: give it with --profile")
+    settings = _profile_settings(a.settings)  # bad options fail before Taichi starts
     if a.profile is not None:
+        _positive("time", a.time)
+        _positive("steps", a.steps)
+        _positive("downscale", a.downscale)
         # before CUDA starts: the profile times the host, so each launch must wait for its
         # kernel (bench/profile.py); a no-op on the cpu
         from taichi_nerf.bench.profile import BLOCKING_ENV
-        os.environ.setdefault(BLOCKING_ENV, "1")
+        os.environ[BLOCKING_ENV] = "1"
     rt = _init(a.arch)
     if a.profile is not None:
-        return _bench_profile(a)
+        return _bench_profile(a, settings)
     if a.cold_start is not None:
         return _bench_cold_start(a, rt.arch)
     results = {}

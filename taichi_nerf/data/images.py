@@ -54,7 +54,8 @@ def _blocks(x: np.ndarray, k: int, reduce: np.ufunc) -> np.ndarray:
     """`reduce` (np.add, np.minimum, np.maximum) over each k x k block of (h*k, w*k, C) ->
     (h, w, C). First the k rows of a block, along whole contiguous rows, then the k columns
     of the k-times smaller result: numpy's reduction over axes (1, 3) of a 5-d view strides
-    through memory and took 80 ms for an 800x800 RGBA image, this 10."""
+    through memory (a whole RGBA downscale of an 800x800 image: 80-90 ms that way, ~30 ms
+    this way)."""
     hk, wk, c = x.shape
     rows = reduce.reduce(x.reshape(hk // k, k, wk * c), axis=1)
     return reduce.reduce(rows.reshape(hk // k, wk // k, k, c), axis=2)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from taichi_nerf.kernels.specs import MAX_LOG2_TABLE, MAX_RESOLUTION
 from taichi_nerf.options import OptionError
 
-__all__ = ["ARCH_DEFAULTS", "MAX_APPEARANCE", "OptionError", "TrainConfig", "arch_defaults",
-           "check_setting", "range_help", "value_kind"]
+__all__ = ["ARCH_DEFAULTS", "MAX_APPEARANCE", "OptionError", "RESUME_KEEPS", "TrainConfig",
+           "arch_defaults", "check_setting", "range_help", "settings_for", "value_kind"]
 
 MAX_APPEARANCE = 256  # floats per image; nerfacto uses 32
 
@@ -84,6 +84,30 @@ def check_setting(name: str, value: Any) -> None:
 def arch_defaults(arch: str) -> Dict[str, Any]:
     """The settings whose default on Taichi arch `arch` differs from the field's own."""
     return dict(ARCH_DEFAULTS.get(arch, {}))
+
+
+# settings a resumed run keeps from its checkpoint when not given again: those whose default
+# depends on the data (finest_resolution) or on the arch (ARCH_DEFAULTS), so that a run
+# resumed elsewhere, or after a default changed, builds the model it was trained with
+RESUME_KEEPS = ("finest_resolution",) + tuple(
+    sorted({name for d in ARCH_DEFAULTS.values() for name in d}))
+
+
+def settings_for(arch: Optional[str], given: Mapping[str, Any],
+                 saved: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """TrainConfig keyword settings: each one `given` (None = not given); else a resumed
+    run's `saved` value of a RESUME_KEEPS setting; else `arch`'s own default (none when arch
+    is None). max_rays, when not given, is never below min_rays."""
+    out = {k: v for k, v in given.items() if v is not None}
+    for name in RESUME_KEEPS:
+        if name not in out and saved and saved.get(name) is not None:
+            out[name] = saved[name]
+    for name, value in (arch_defaults(arch) if arch else {}).items():
+        out.setdefault(name, value)
+    if given.get("max_rays") is None:
+        out["max_rays"] = max(out.get("max_rays", _FIELDS["max_rays"].default),
+                              out.get("min_rays", _FIELDS["min_rays"].default))
+    return out
 
 
 def arch_default_help(name: str) -> str:
