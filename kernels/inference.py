@@ -51,6 +51,12 @@ def _to_unit(pos: ti.types.ndarray(dtype=ti.f32, ndim=2), lo: ti.f32, inv_size: 
         out[i, k] = ti.math.clamp((pos[i, k] - lo) * inv_size, 0.0, 1.0)
 
 
+def _packed_rows(counts: np.ndarray) -> np.ndarray:
+    """Packed (start, count) rows (A, 2) int32 of rays that took counts (A,) samples each."""
+    c = counts.astype(np.int32)
+    return np.stack([np.cumsum(c, dtype=np.int32) - c, c], -1)
+
+
 @ti.kernel
 def _gather_rows(rows: ti.types.ndarray(dtype=ti.i32, ndim=1),
                  src: ti.types.ndarray(dtype=ti.f32, ndim=2),
@@ -199,7 +205,7 @@ class NerfModel:
             M = int(c.sum())
             if M:
                 rays = self._new(ti.i32, (A, 2))
-                rays.from_numpy(np.stack([np.cumsum(c) - c, c], -1).astype(np.int32))
+                rays.from_numpy(_packed_rows(c))
                 s_t, s_dt = self._new(ti.f32, (M,)), self._new(ti.f32, (M,))
                 s_pos, s_dir = self._new(ti.f32, (M, 3)), self._new(ti.f32, (M, 3))
                 pack_segment(rays, limit, *slots, s_t, s_dt, s_pos, s_dir,
@@ -232,7 +238,7 @@ class NerfModel:
         no_jitter.fill(0.0)
         k.count(rays_o, rays_d, no_jitter, self.bitfield, counts)
         c = counts.to_numpy()
-        starts_np = (np.cumsum(c) - c).astype(np.int32)
+        packed = _packed_rows(c)
         M = int(c.sum())
         if M == 0:
             self._release()
@@ -243,7 +249,7 @@ class NerfModel:
         bg_rows = self._new(ti.f32, (R, 3))
         _fill_rows(bg_rows, np.asarray(bg, np.float32))
         starts = self._new(ti.i32, (R,))
-        starts.from_numpy(starts_np)
+        starts.from_numpy(np.ascontiguousarray(packed[:, 0]))
         t, dt = self._new(ti.f32, (M,)), self._new(ti.f32, (M,))
         pos, dirs = self._new(ti.f32, (M, 3)), self._new(ti.f32, (M, 3))
         ray_index = self._new(ti.i32, (M,))
@@ -251,7 +257,7 @@ class NerfModel:
                ray_index)
         sigma, colour = self.field(pos, dirs)
         rays = self._new(ti.i32, (R, 2))
-        rays.from_numpy(np.stack([starts_np, c.astype(np.int32)], -1))
+        rays.from_numpy(packed)
         n_used = self._new(ti.i32, (R,))
         composite_k.composite_forward(sigma, colour, t, dt, rays, bg_rows, float(t_threshold),
                                       rgb, depth, opacity, n_used)

@@ -80,26 +80,25 @@ def train_config(steps: Optional[int] = None, time: Optional[float] = None, seed
                        **settings_for(arch, config, saved))
 
 
-def saved_train_setting(checkpoint: Path, name: str) -> Any:
-    """TrainConfig field `name` as the checkpoint's run used it, or None when the file has
-    no valid value for it (an unreadable checkpoint fails later, where it is loaded)."""
+def saved_train_settings(checkpoint: Path) -> Dict[str, Any]:
+    """The RESUME_KEEPS settings as the checkpoint's run used them; None for each one the
+    file has no valid value for (an unreadable checkpoint fails later, where it is loaded)."""
     from taichi_nerf.kernels.checkpoint_io import CheckpointError, load_checkpoint
-    from taichi_nerf.training.config import check_setting
+    from taichi_nerf.training.config import RESUME_KEEPS, check_setting
 
     try:
-        cfg, _ = load_checkpoint(checkpoint, arrays=False)
-        value = cfg["train"][name]
-        check_setting(name, value)
-    except (CheckpointError, KeyError, TypeError, OptionError):
-        return None
-    return value
-
-
-def saved_train_settings(checkpoint: Path) -> Dict[str, Any]:
-    """The RESUME_KEEPS settings as the checkpoint's run used them (valid ones only)."""
-    from taichi_nerf.training.config import RESUME_KEEPS
-
-    return {name: saved_train_setting(checkpoint, name) for name in RESUME_KEEPS}
+        train = load_checkpoint(checkpoint, arrays=False)[0]["train"]
+    except (CheckpointError, KeyError, TypeError):
+        train = None
+    out: Dict[str, Any] = {}
+    for name in RESUME_KEEPS:
+        try:
+            value = train[name]
+            check_setting(name, value)
+        except (KeyError, TypeError, OptionError):
+            value = None
+        out[name] = value
+    return out
 
 
 def prepare_training(data: Optional[PathLike] = None, out: Optional[PathLike] = None, *,

@@ -185,8 +185,9 @@ def run_step_profile(data: Optional[str] = None, warmup_s: float = 60.0, steps: 
     from taichi_nerf.training.trainer import LOSS_READ_EVERY, TrainConfig, Trainer
 
     rt = runtime.current()
-    blocking = os.environ.get(BLOCKING_ENV) == "1"
-    if rt.arch not in ("cpu", "cuda") or (rt.arch == "cuda" and not blocking):
+    on_gpu = rt.torch_device.type != "cpu"  # the GPU's queue runs apart from the host
+    if not runtime.torch_shares_device(rt.arch) or (
+            on_gpu and os.environ.get(BLOCKING_ENV) != "1"):
         # torch's CPU profiler times when work is queued, not when a GPU runs it
         raise OptionError("arch", f"must be cpu, or cuda with {BLOCKING_ENV}=1 set before CUDA "
                                   f"starts, for the step profile (got {rt.arch}): torch's "
@@ -225,7 +226,7 @@ def run_step_profile(data: Optional[str] = None, warmup_s: float = 60.0, steps: 
     return {"machine": machine_info(rt.arch), "data": str(root), "warmup_s": warmup_s,
             "steps": steps, "step_at_profile": trainer.step - steps,
             "first_step_s": first, "step_s": wall / steps,
-            "blocking_launches": rt.arch == "cuda", "step_s_unprofiled": plain[0] / steps,
+            "blocking_launches": on_gpu, "step_s_unprofiled": plain[0] / steps,
             "samples_per_step": s_step, "rays_per_step": r_step,
             "occupancy_updates": updates, "ceilings": ceil, "stages": rows}
 

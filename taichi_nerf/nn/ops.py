@@ -193,6 +193,11 @@ class PackedSamples:
         return self.t.shape[0]
 
 
+def _packed_rows(counts: torch.Tensor) -> torch.Tensor:
+    """Packed (start, count) rows (A, 2) int32 of rays that took counts (A,) samples each."""
+    return torch.stack([torch.cumsum(counts, 0, dtype=torch.int32) - counts, counts], -1)
+
+
 def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tensor,
                occ: OccupancySpec, march: MarchSpec,
                jitter: Optional[torch.Tensor] = None) -> PackedSamples:
@@ -210,9 +215,9 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tenso
     k = march_kernels(occ, march)
     counts = torch.empty(R, dtype=torch.int32, device=dev)
     k.count(rays_o, rays_d, jitter, bitfield, counts)
-    ends = torch.cumsum(counts, 0, dtype=torch.int32)
-    starts = ends - counts
-    M = int(ends[-1].item()) if R else 0  # the one host sync: the outputs' size
+    rows = _packed_rows(counts)
+    starts = rows[:, 0].contiguous()
+    M = int(rows[-1].sum()) if R else 0  # the one host sync: the outputs' size
     t = torch.empty(M, dtype=torch.float32, device=dev)
     dt = torch.empty(M, dtype=torch.float32, device=dev)
     pos = torch.empty(M, 3, dtype=torch.float32, device=dev)
@@ -220,7 +225,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, bitfield: torch.Tenso
     ray_index = torch.empty(M, dtype=torch.int32, device=dev)
     if M:
         k.fill(rays_o, rays_d, jitter, bitfield, starts, counts, t, dt, pos, dirs, ray_index)
-    return PackedSamples(t, dt, pos, dirs, ray_index, torch.stack([starts, counts], -1))
+    return PackedSamples(t, dt, pos, dirs, ray_index, rows)
 
 
 def occupied_bounds(bitfield: torch.Tensor, occ: OccupancySpec) -> torch.Tensor:
@@ -277,14 +282,14 @@ def march_segment(rays_o: torch.Tensor, rays_d: torch.Tensor, ids: torch.Tensor,
     if A:
         march_kernels(occ, march).segment(rays_o, rays_d, ids, t, t_far, taken, bitfield,
                                           limit, counts, bt, bdt, bpos, bdir)
-    starts = torch.cumsum(counts, 0, dtype=torch.int32) - counts
-    M = int(starts[-1] + counts[-1]) if A else 0
+    rows = _packed_rows(counts)
+    M = int(rows[-1].sum()) if A else 0
     out = PackedSamples(torch.empty(M, dtype=torch.float32, device=dev),
                         torch.empty(M, dtype=torch.float32, device=dev),
                         torch.empty(M, 3, dtype=torch.float32, device=dev),
                         torch.empty(M, 3, dtype=torch.float32, device=dev),
                         torch.empty(M, dtype=torch.int32, device=dev),
-                        torch.stack([starts, counts], -1))
+                        rows)
     if M:
         pack_segment(out.rays, limit, bt, bdt, bpos, bdir, out.t, out.dt, out.positions,
                      out.dirs, out.ray_index)
