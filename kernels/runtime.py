@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import taichi as ti
 
+from . import taichi_frontend
+
 ARCHS = ("auto", "cpu", "cuda", "vulkan", "metal")
 
 
@@ -89,6 +91,7 @@ def _try_init(arch: str, threads: int, debug: bool, seed: int) -> bool:
         atexit.register(_flush_at_exit)
         _exit_hook = True
     _retire_ndarrays()
+    taichi_frontend.install()
     ti.init(arch=_ti_arch(arch), default_fp=ti.f32, default_ip=ti.i32,
             cpu_max_num_threads=threads,
             debug=debug, random_seed=seed, log_level=ti.WARN, offline_cache=True)
