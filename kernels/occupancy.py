@@ -97,6 +97,11 @@ def cell_of_index(i, res):
 MIN_OPTICAL_THICKNESS = 0.01
 # Density of a cell that no training camera sees: never occupied, never updated.
 UNSEEN = -1.0
+# Density of a cell that a training view sees through fully transparent pixels
+# (:func:`mark_transparent`): out as an unseen cell is until the warm-up ends, then an
+# ordinary empty cell (:func:`release_carved`). Every rule that skips unseen cells tests
+# density < 0, so it skips these too.
+CARVED = -2.0
 # Density of a cell not evaluated yet: occupied (nothing is known), counted as 0 in the mean.
 UNVISITED = float("inf")
 
@@ -280,6 +285,21 @@ def unpack_bitfield(bitfield: np.ndarray, n_cells: int) -> np.ndarray:
     return bits.reshape(-1)[:n_cells].astype(bool)
 
 
+@ti.func
+def project(c2w: ti.template(), intrinsics: ti.template(), cam, p):
+    """Model-space point p -> (u, v, z): its pixel coordinates in camera `cam` (c2w (N,3|4,4)
+    model space, OpenGL axes: looking down -z; intrinsics (N,4) fx fy cx cy, pixel centres
+    at +0.5) and its depth along the view axis (<= 0: behind the camera)."""
+    v = p - ti.Vector([c2w[cam, 0, 3], c2w[cam, 1, 3], c2w[cam, 2, 3]])
+    # camera axes are the columns of c2w's rotation
+    cx = v[0] * c2w[cam, 0, 0] + v[1] * c2w[cam, 1, 0] + v[2] * c2w[cam, 2, 0]
+    cy = v[0] * c2w[cam, 0, 1] + v[1] * c2w[cam, 1, 1] + v[2] * c2w[cam, 2, 1]
+    z = -(v[0] * c2w[cam, 0, 2] + v[1] * c2w[cam, 1, 2] + v[2] * c2w[cam, 2, 2])
+    zs = ti.max(z, 1e-12)
+    return (intrinsics[cam, 0] * cx / zs + intrinsics[cam, 2],
+            -intrinsics[cam, 1] * cy / zs + intrinsics[cam, 3], z)
+
+
 @ti.kernel
 def mark_unseen(res: ti.i32, c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
                 intrinsics: ti.types.ndarray(dtype=ti.f32, ndim=2), width: ti.i32, height: ti.i32,
@@ -295,20 +315,63 @@ def mark_unseen(res: ti.i32, c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
         for cam in range(c2w.shape[0]):
             if seen:
                 break
-            o = ti.Vector([c2w[cam, 0, 3], c2w[cam, 1, 3], c2w[cam, 2, 3]])
             for k in ti.static(range(8)):
                 corner = lo + size / res * ti.Vector([k & 1, (k >> 1) & 1, (k >> 2) & 1])
-                v = corner - o
-                # camera axes are the columns of c2w's rotation (OpenGL: looking down -z)
-                cx = v[0] * c2w[cam, 0, 0] + v[1] * c2w[cam, 1, 0] + v[2] * c2w[cam, 2, 0]
-                cy = v[0] * c2w[cam, 0, 1] + v[1] * c2w[cam, 1, 1] + v[2] * c2w[cam, 2, 1]
-                cz = -(v[0] * c2w[cam, 0, 2] + v[1] * c2w[cam, 1, 2] + v[2] * c2w[cam, 2, 2])
-                if cz > 1e-4 * v.norm():
-                    u = intrinsics[cam, 0] * cx / cz + intrinsics[cam, 2]
-                    w = -intrinsics[cam, 1] * cy / cz + intrinsics[cam, 3]
-                    if 0.0 < u < width and 0.0 < w < height:
-                        seen = 1
+                u, w, z = project(c2w, intrinsics, cam, corner)
+                dist = (corner - ti.Vector([c2w[cam, 0, 3], c2w[cam, 1, 3],
+                                            c2w[cam, 2, 3]])).norm()
+                if z > 1e-4 * dist and 0.0 < u < width and 0.0 < w < height:
+                    seen = 1
         density[i] = UNVISITED if seen else UNSEEN
+
+
+@ti.kernel
+def mark_transparent(res: ti.i32, c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
+                     intrinsics: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                     covered: ti.types.ndarray(dtype=ti.i32, ndim=3),
+                     usable: ti.types.ndarray(dtype=ti.i32, ndim=1), margin: ti.f32,
+                     density: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    """Set density to CARVED for every cell that some usable camera sees whole through pixels
+    that are all fully transparent: covered (N, H+1, W+1) int32 is each image's summed-area
+    table of its pixels with alpha > 0 (covered[n, y, x] counts those above row y and left of
+    column x), intrinsics in the pixels of that table, usable (N,) int32 (0: skip the camera),
+    margin in pixels added around each cell's projected bounding sphere. Cells not whole in
+    a view (behind, too near, or off its image) learn nothing from it."""
+    h = covered.shape[1] - 1
+    w = covered.shape[2] - 1
+    for i in range(density.shape[0]):
+        if density[i] >= 0.0:
+            c, cell = cell_of_index(i, res)
+            size = ti.cast(1 << c, ti.f32)
+            centre = 0.5 + size * ((ti.cast(cell, ti.f32) + 0.5) / res - 0.5)
+            radius = 0.5 * ti.sqrt(3.0) * size / res
+            for cam in range(c2w.shape[0]):
+                if usable[cam] == 0:
+                    continue
+                u, v, z = project(c2w, intrinsics, cam, centre)
+                if z <= 2.0 * radius:
+                    continue
+                # a sphere of radius r at depth z projects inside r / (z - r) focal lengths
+                r = ti.max(intrinsics[cam, 0], intrinsics[cam, 1]) * radius / (z - radius) \
+                    + margin
+                x0 = ti.cast(ti.floor(u - r), ti.i32)
+                x1 = ti.cast(ti.floor(u + r), ti.i32)
+                y0 = ti.cast(ti.floor(v - r), ti.i32)
+                y1 = ti.cast(ti.floor(v + r), ti.i32)
+                if x0 >= 0 and y0 >= 0 and x1 < w and y1 < h:
+                    n = (covered[cam, y1 + 1, x1 + 1] - covered[cam, y0, x1 + 1]
+                         - covered[cam, y1 + 1, x0] + covered[cam, y0, x0])
+                    if n == 0:
+                        density[i] = CARVED
+                        break
+
+
+@ti.kernel
+def release_carved(density: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    """CARVED cells become ordinary empty cells (density 0), which updates evaluate again."""
+    for i in range(density.shape[0]):
+        if density[i] == CARVED:
+            density[i] = 0.0
 
 
 @ti.func

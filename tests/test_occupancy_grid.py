@@ -9,6 +9,7 @@ import torch
 
 from taichi_nerf.kernels import occupancy as occ_k
 from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
+from taichi_nerf.nn import reference
 from taichi_nerf.nn.occupancy import OccupancyGrid
 
 from conftest import point_cell_index
@@ -293,3 +294,124 @@ def test_checkpoints_with_the_cells_bits_alone_get_their_blocks(cpu_runtime, gen
         assert np.array_equal(got, full)
     with pytest.raises(ValueError, match="bitfield has shape"):
         occ_k.checkpoint_bitfield(config, {"occupancy/bitfield": full[:-2]})
+
+
+def look_at_cameras(n, gen, distance=1.6, centre=0.5):
+    """n cameras (n,3,4) at `distance` from the box centre in random directions, looking at it
+    (OpenGL axes: -z forward)."""
+    d = torch.randn(n, 3, generator=gen)
+    d = d / d.norm(dim=1, keepdim=True)
+    eye = centre + distance * d
+    fwd = -d
+    up = torch.tensor([0.0, 0.0, 1.0]).expand(n, 3)
+    up = torch.where((fwd[:, 2:].abs() > 0.95), torch.tensor([0.0, 1.0, 0.0]), up)
+    right = torch.linalg.cross(fwd, up)
+    right = right / right.norm(dim=1, keepdim=True)
+    true_up = torch.linalg.cross(right, fwd)
+    return torch.stack([right, true_up, -fwd, eye], dim=2)
+
+
+def ball_masks(c2w, size, f, centre=0.5, radius=0.15, sub=4):
+    """Alpha (N, size, size): each pixel's share of sub x sub rays that hit the ball."""
+    n = c2w.shape[0]
+    s = (torch.arange(size * sub, dtype=torch.float64) + 0.5) / sub
+    y, x = torch.meshgrid(s, s, indexing="ij")
+    dirs_cam = torch.stack([(x - size / 2) / f, -(y - size / 2) / f, -torch.ones_like(x)], -1)
+    out = torch.zeros(n, size, size, dtype=torch.float64)
+    for i in range(n):
+        d = dirs_cam @ c2w[i, :3, :3].double().T
+        d = d / d.norm(dim=-1, keepdim=True)
+        oc = c2w[i, :3, 3].double() - centre
+        b = (d * oc).sum(-1)
+        hit = (b * b - (oc @ oc - radius ** 2)) > 0
+        out[i] = hit.double().reshape(size, sub, size, sub).mean(dim=(1, 3))
+    return out.float()
+
+
+def test_transparent_cells_are_carved_and_the_object_never(cpu_runtime, gen):
+    """Twelve views of a ball (alpha from 4x4 rays a pixel): no cell touching the ball is
+    carved, almost every cell well outside its visual hull is, and the cells the kernel
+    carves are those of the float64 reference rule (fresh random cameras)."""
+    grid = make_grid(cascades=2, resolution=16)
+    c2w = look_at_cameras(12, gen)
+    size = 48
+    f = 0.5 * size / math.tan(math.radians(25))
+    intr = torch.tensor([[f, f, size / 2, size / 2]]).expand(12, 4).contiguous()
+    grid.mark_unseen(c2w, intr, size, size)
+    unseen = grid.density == occ_k.UNSEEN
+    alpha = ball_masks(c2w, size, f)
+    share = grid.mark_transparent(c2w, intr, alpha)
+    carved = grid.density == occ_k.CARVED
+    assert not (carved & unseen).any()
+    assert share == pytest.approx(float(carved.float().mean()))
+    R = grid.spec.resolution
+    centres = torch.cat([cell_centres(grid, 0), cell_centres(grid, 1)])
+    radius = torch.cat([torch.full((R ** 3,), 0.5 / R), torch.full((R ** 3,), 1.0 / R)]) * 3 ** 0.5
+    dist = (centres - 0.5).norm(dim=1)
+    touching = dist < 0.15 + radius
+    assert touching.sum() > 50
+    assert not carved[touching].any()
+    far = (dist > 0.45) & (dist < 0.9) & ~unseen
+    assert carved[far].float().mean() > 0.9
+    # the reference, in float64, decides as the kernel does (up to cells on a pixel edge)
+    ref = reference.mark_transparent(centres.double(), radius.double(), c2w.double(),
+                                     intr.double(), alpha > 0, torch.ones(12, dtype=torch.bool),
+                                     1.0) & ~unseen
+    assert (ref != carved).float().mean() < 1e-3
+    assert ref.sum() > 1000
+    # carved cells are out as unseen ones are (never occupied, never updated) until the
+    # warm-up ends; the first update after it turns them into ordinary cells
+    dense = lambda p: torch.full((len(p),), 500.0)  # noqa: E731
+    step = visit_all(grid, dense, gen)
+    assert not grid.occupied()[carved].any()
+    assert (grid.density[carved] == occ_k.CARVED).all()
+    grid.warmup_steps = step
+    assert not grid.release_due(step - 1)
+    for s in range(step, step + 200):
+        grid.update(s, dense, gen)
+    assert (grid.density[carved] >= 0).all()
+    assert grid.occupied()[carved].float().mean() > 0.5
+    assert (grid.density[unseen] == occ_k.UNSEEN).all()
+    assert not grid.release_due(step + 200)
+
+
+def test_a_resumed_grid_still_releases_its_carved_cells(cpu_runtime):
+    """Densities loaded from a checkpoint taken before the release keep the release due;
+    ones taken after it (no carved cell left) do not."""
+    grid = make_grid(resolution=8, warmup=16)
+    d = torch.zeros(grid.spec.n_cells)
+    d[::5] = occ_k.CARVED
+    grid.load_density(d.clone())
+    assert not grid.release_due(15)
+    assert grid.release_due(16)
+    assert not grid.release_due(17)
+    grid.load_density(torch.zeros(grid.spec.n_cells))
+    assert not grid.release_due(16)
+    state = make_grid(resolution=8, warmup=16)
+    state.load_density(d.clone())
+    restored = make_grid(resolution=8, warmup=16)
+    restored.load_state_dict(state.state_dict())
+    assert restored.release_due(16)
+
+
+def test_carving_is_cautious_with_coarse_masks_and_skips_unusable_cameras(cpu_runtime, gen):
+    """Coverage pooled to 16 pixels a side still never carves the ball; no usable camera
+    (lens distortion everywhere) carves nothing."""
+    c2w = look_at_cameras(8, gen)
+    size = 48
+    f = 0.5 * size / math.tan(math.radians(25))
+    intr = torch.tensor([[f, f, size / 2, size / 2]]).expand(8, 4).contiguous()
+    alpha = ball_masks(c2w, size, f)
+    fine, coarse, none = (make_grid(resolution=16) for _ in range(3))
+    for g in (fine, coarse, none):
+        g.mark_unseen(c2w, intr, size, size)
+    fine.mark_transparent(c2w, intr, alpha)
+    coarse.mark_transparent(c2w, intr, alpha, max_side=16)
+    assert none.mark_transparent(c2w, intr, alpha, torch.zeros(8, dtype=torch.bool)) == 0.0
+    dist = (cell_centres(fine) - 0.5).norm(dim=1)
+    touching = dist < 0.15 + 3 ** 0.5 * 0.5 / 16
+    for g in (fine, coarse):
+        assert not (g.density[touching] < 0).any()
+    n_fine = int((fine.density == occ_k.CARVED).sum())
+    n_coarse = int((coarse.density == occ_k.CARVED).sum())
+    assert 0 < n_coarse < n_fine

@@ -46,6 +46,7 @@ class OccupancyGrid(torch.nn.Module):
         self.threshold = 0.0
         self.repack()
         self._cursor = 0  # warm-up visits the cells in a fixed order, all within a few updates
+        self._carved = False  # cells carved by mark_transparent wait for release_due
 
     @property
     def device(self) -> torch.device:
@@ -54,11 +55,12 @@ class OccupancyGrid(torch.nn.Module):
 
     def get_extra_state(self) -> dict:
         """The warm-up cursor and the current threshold (for ``state_dict``)."""
-        return {"cursor": self._cursor, "threshold": self.threshold}
+        return {"cursor": self._cursor, "threshold": self.threshold, "carved": self._carved}
 
     def set_extra_state(self, state: dict) -> None:
         """Restore what :meth:`get_extra_state` returned."""
         self._cursor, self.threshold = int(state["cursor"]), float(state["threshold"])
+        self._carved = bool(state.get("carved", False))
 
     def sample(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
                jitter: Optional[torch.Tensor] = None) -> PackedSamples:
@@ -73,6 +75,52 @@ class OccupancyGrid(torch.nn.Module):
         occ_k.mark_unseen(self.spec.resolution, c2w.contiguous(), intrinsics.contiguous(),
                           int(width), int(height), self.density)
         self.repack()
+
+    def mark_transparent(self, c2w: torch.Tensor, intrinsics: torch.Tensor, alpha: torch.Tensor,
+                         usable: Optional[torch.Tensor] = None, max_side: int = 256) -> float:
+        """Mark cells that some camera sees whole through fully transparent pixels as never
+        occupied (the visual hull of the alpha masks) -> share of cells so marked.
+
+        c2w (N,3|4,4) model space, intrinsics (N,4) fx fy cx cy in pixels of alpha (N,H,W)
+        in [0,1]; usable (N,) bool (default all): cameras whose pinhole projection is exact
+        (lens distortion would move the pixels). Each image's coverage (alpha > 0) is
+        max-pooled to at most `max_side` pixels a side first (coarser is more cautious) and
+        each cell's bounding sphere gets one pooled pixel of margin."""
+        n, h, w = alpha.shape
+        k = max(1, -(-max(h, w) // max_side))
+        covered = (alpha > 0).to(self.device)
+        if k > 1:
+            covered = torch.nn.functional.pad(covered, (0, -w % k, 0, -h % k))
+            covered = covered.reshape(n, covered.shape[1] // k, k, covered.shape[2] // k, k)
+            covered = covered.amax(dim=(2, 4))
+        table = torch.zeros(n, covered.shape[1] + 1, covered.shape[2] + 1, dtype=torch.int32,
+                            device=self.device)
+        table[:, 1:, 1:] = covered.to(torch.int32).cumsum(1).cumsum(2)
+        use = torch.ones(n, dtype=torch.int32) if usable is None else usable.to(torch.int32)
+        before = int((self.density == occ_k.CARVED).sum())
+        occ_k.mark_transparent(self.spec.resolution, c2w.contiguous(),
+                               (intrinsics / k).contiguous(), table, use.to(self.device).contiguous(),
+                               1.0, self.density)
+        self.repack()
+        carved = int((self.density == occ_k.CARVED).sum())
+        self._carved = carved > 0
+        return (carved - before) / self.spec.n_cells
+
+    def load_density(self, density: torch.Tensor) -> None:
+        """Take over saved per-cell densities (n_cells,) (a resumed run), carved cells
+        included: they still wait for :meth:`release_due` if the run stopped before it."""
+        self.density = density.to(self.device)
+        self._carved = bool((self.density == occ_k.CARVED).any())
+
+    def release_due(self, step: int) -> bool:
+        """True once, at the first update at or after the warm-up's end while carved cells
+        (:meth:`mark_transparent`) are out: then they become ordinary empty cells
+        (``kernels.occupancy.release_carved``). Both the host update and the device
+        trainer's ask this."""
+        if self._carved and step >= self.warmup_steps:
+            self._carved = False
+            return True
+        return False
 
     def repack(self) -> None:
         """Rebuild the bitfield from the densities (the one rule, in kernels.occupancy)."""
@@ -129,6 +177,8 @@ class OccupancyGrid(torch.nn.Module):
         that and their new optical thickness sigma * min_step (the same factor in every
         cascade); unseen cells (-1) stay as they are."""
         n = self.spec.n_cells
+        if self.release_due(step):
+            occ_k.release_carved(self.density)
         mode, count, first = self.plan_update(step)
         if mode == occ_k.SWEEP:
             idx = torch.arange(n, device=self.device)

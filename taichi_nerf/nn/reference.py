@@ -192,3 +192,34 @@ def composite(sigmas: torch.Tensor, rgbs: torch.Tensor, ts: torch.Tensor, dts: t
         0, ray, w[:, None] * rgbs)
     rgb = rgb + (1 - opacity)[:, None] * bg
     return rgb, depth, opacity
+
+
+def mark_transparent(cells: torch.Tensor, radius: torch.Tensor, c2w: torch.Tensor,
+                     intrinsics: torch.Tensor, covered: torch.Tensor, usable: torch.Tensor,
+                     margin: float) -> torch.Tensor:
+    """The carving rule of :func:`taichi_nerf.kernels.occupancy.mark_transparent`: cell centres
+    (K,3) model space with bounding-sphere radii (K,), cameras c2w (N,3|4,4) and intrinsics
+    (N,4) in pixels of covered (N,H,W) bool (alpha > 0), usable (N,) bool -> (K,) bool: some
+    usable camera sees the whole sphere (plus margin pixels) on pixels none of which is covered."""
+    n, h, w = covered.shape
+    table = torch.zeros(n, h + 1, w + 1, dtype=torch.int64, device=covered.device)
+    table[:, 1:, 1:] = covered.long().cumsum(1).cumsum(2)
+    carved = torch.zeros(cells.shape[0], dtype=torch.bool, device=cells.device)
+    for cam in range(n):
+        if not bool(usable[cam]):
+            continue
+        cam_xyz = (cells - c2w[cam, :3, 3]) @ c2w[cam, :3, :3]    # columns are the camera axes
+        z = -cam_xyz[:, 2]
+        zs = z.clamp(min=1e-12)
+        u = intrinsics[cam, 0] * cam_xyz[:, 0] / zs + intrinsics[cam, 2]
+        v = -intrinsics[cam, 1] * cam_xyz[:, 1] / zs + intrinsics[cam, 3]
+        r = intrinsics[cam, :2].max() * radius / (z - radius) + margin
+        x0, x1 = torch.floor(u - r).long(), torch.floor(u + r).long()
+        y0, y1 = torch.floor(v - r).long(), torch.floor(v + r).long()
+        ok = (z > 2 * radius) & (x0 >= 0) & (y0 >= 0) & (x1 < w) & (y1 < h)
+        x0, x1 = x0.clamp(0, w - 1), x1.clamp(0, w - 1)
+        y0, y1 = y0.clamp(0, h - 1), y1.clamp(0, h - 1)
+        t = table[cam]
+        count = t[y1 + 1, x1 + 1] - t[y0, x1 + 1] - t[y1 + 1, x0] + t[y0, x0]
+        carved |= ok & (count == 0)
+    return carved

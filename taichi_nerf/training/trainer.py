@@ -188,6 +188,11 @@ class Trainer:
         self.pixel_jitter = (config.pixel_jitter if config.pixel_jitter is not None
                              else not dataset.has_alpha)
         self.grid.mark_unseen(self.poses, self.intrinsics, dataset.width, dataset.height)
+        if config.alpha_carving and dataset.has_alpha:
+            # alpha 0 is trained as "nothing on this ray", so those cells are empty for good
+            alpha = torch.from_numpy(dataset.images[..., 3])
+            pinhole = torch.from_numpy(~dataset.distortion.any(axis=1))
+            self.grid.mark_transparent(self.poses, self.intrinsics, alpha, pinhole)
         self.orbit = orbit_of(dataset)
 
     def _set_images(self, ds: Dataset) -> None:
@@ -406,7 +411,7 @@ class Trainer:
         except (RuntimeError, ValueError) as e:  # shapes the config check did not catch
             raise CheckpointError(f"checkpoint {path}: cannot resume, its parameters do not "
                                   f"match these settings ({str(e).splitlines()[0]})") from None
-        self.grid.density = torch.from_numpy(arrays["occupancy/density"]).to(self.device)
+        self.grid.load_density(torch.from_numpy(arrays["occupancy/density"]))
         self.grid._cursor = int(cfg.get("occ_cursor", 0))
         self.grid.bitfield = torch.from_numpy(checkpoint_bitfield(cfg, arrays)).to(self.device)
         self.generator.set_state(torch.from_numpy(arrays["rng"]))
