@@ -95,13 +95,9 @@ def cell_of_index(i, res):
 
 # instant-ngp's NERF_MIN_OPTICAL_THICKNESS: the threshold never exceeds it.
 MIN_OPTICAL_THICKNESS = 0.01
-# Density of a cell that no training camera sees: never occupied, never updated.
+# Density of a cell that no training camera sees, or that one sees through fully transparent
+# pixels (:func:`mark_transparent`): never occupied, never updated.
 UNSEEN = -1.0
-# Density of a cell that a training view sees through fully transparent pixels
-# (:func:`mark_transparent`): out as an unseen cell is until the warm-up ends, then an
-# ordinary empty cell (:func:`release_carved`). Every rule that skips unseen cells tests
-# density < 0, so it skips these too.
-CARVED = -2.0
 # Density of a cell not evaluated yet: occupied (nothing is known), counted as 0 in the mean.
 UNVISITED = float("inf")
 
@@ -331,7 +327,7 @@ def mark_transparent(res: ti.i32, c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
                      covered: ti.types.ndarray(dtype=ti.i32, ndim=3),
                      usable: ti.types.ndarray(dtype=ti.i32, ndim=1), margin: ti.f32,
                      density: ti.types.ndarray(dtype=ti.f32, ndim=1)):
-    """Set density to CARVED for every cell that some usable camera sees whole through pixels
+    """Set density to UNSEEN for every cell that some usable camera sees whole through pixels
     that are all fully transparent: covered (N, H+1, W+1) int32 is each image's summed-area
     table of its pixels with alpha > 0 (covered[n, y, x] counts those above row y and left of
     column x), intrinsics in the pixels of that table, usable (N,) int32 (0: skip the camera),
@@ -362,16 +358,8 @@ def mark_transparent(res: ti.i32, c2w: ti.types.ndarray(dtype=ti.f32, ndim=3),
                     n = (covered[cam, y1 + 1, x1 + 1] - covered[cam, y0, x1 + 1]
                          - covered[cam, y1 + 1, x0] + covered[cam, y0, x0])
                     if n == 0:
-                        density[i] = CARVED
+                        density[i] = UNSEEN
                         break
-
-
-@ti.kernel
-def release_carved(density: ti.types.ndarray(dtype=ti.f32, ndim=1)):
-    """CARVED cells become ordinary empty cells (density 0), which updates evaluate again."""
-    for i in range(density.shape[0]):
-        if density[i] == CARVED:
-            density[i] = 0.0
 
 
 @ti.func

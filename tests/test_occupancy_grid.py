@@ -341,8 +341,7 @@ def test_transparent_cells_are_carved_and_the_object_never(cpu_runtime, gen):
     unseen = grid.density == occ_k.UNSEEN
     alpha = ball_masks(c2w, size, f)
     share = grid.mark_transparent(c2w, intr, alpha)
-    carved = grid.density == occ_k.CARVED
-    assert not (carved & unseen).any()
+    carved = (grid.density == occ_k.UNSEEN) & ~unseen
     assert share == pytest.approx(float(carved.float().mean()))
     R = grid.spec.resolution
     centres = torch.cat([cell_centres(grid, 0), cell_centres(grid, 1)])
@@ -359,39 +358,13 @@ def test_transparent_cells_are_carved_and_the_object_never(cpu_runtime, gen):
                                      1.0) & ~unseen
     assert (ref != carved).float().mean() < 1e-3
     assert ref.sum() > 1000
-    # carved cells are out as unseen ones are (never occupied, never updated) until the
-    # warm-up ends; the first update after it turns them into ordinary cells
-    dense = lambda p: torch.full((len(p),), 500.0)  # noqa: E731
-    step = visit_all(grid, dense, gen)
+    # carved cells are out for good, as unseen ones: never occupied, never updated
+    visit_all(grid, lambda p: torch.full((len(p),), 500.0), gen)
+    for s in range(grid.warmup_steps, grid.warmup_steps + 50):
+        grid.update(s, lambda p: torch.full((len(p),), 500.0), gen)
+    assert grid.occupied()[~unseen & ~carved].float().mean() > 0.9
     assert not grid.occupied()[carved].any()
-    assert (grid.density[carved] == occ_k.CARVED).all()
-    grid.warmup_steps = step
-    assert not grid.release_due(step - 1)
-    for s in range(step, step + 200):
-        grid.update(s, dense, gen)
-    assert (grid.density[carved] >= 0).all()
-    assert grid.occupied()[carved].float().mean() > 0.5
-    assert (grid.density[unseen] == occ_k.UNSEEN).all()
-    assert not grid.release_due(step + 200)
-
-
-def test_a_resumed_grid_still_releases_its_carved_cells(cpu_runtime):
-    """Densities loaded from a checkpoint taken before the release keep the release due;
-    ones taken after it (no carved cell left) do not."""
-    grid = make_grid(resolution=8, warmup=16)
-    d = torch.zeros(grid.spec.n_cells)
-    d[::5] = occ_k.CARVED
-    grid.load_density(d.clone())
-    assert not grid.release_due(15)
-    assert grid.release_due(16)
-    assert not grid.release_due(17)
-    grid.load_density(torch.zeros(grid.spec.n_cells))
-    assert not grid.release_due(16)
-    state = make_grid(resolution=8, warmup=16)
-    state.load_density(d.clone())
-    restored = make_grid(resolution=8, warmup=16)
-    restored.load_state_dict(state.state_dict())
-    assert restored.release_due(16)
+    assert (grid.density[carved] == occ_k.UNSEEN).all()
 
 
 def test_carving_is_cautious_with_coarse_masks_and_skips_unusable_cameras(cpu_runtime, gen):
@@ -412,6 +385,6 @@ def test_carving_is_cautious_with_coarse_masks_and_skips_unusable_cameras(cpu_ru
     touching = dist < 0.15 + 3 ** 0.5 * 0.5 / 16
     for g in (fine, coarse):
         assert not (g.density[touching] < 0).any()
-    n_fine = int((fine.density == occ_k.CARVED).sum())
-    n_coarse = int((coarse.density == occ_k.CARVED).sum())
-    assert 0 < n_coarse < n_fine
+    n_unseen, n_fine, n_coarse = (int((g.density == occ_k.UNSEEN).sum())
+                                  for g in (none, fine, coarse))
+    assert n_unseen < n_coarse < n_fine

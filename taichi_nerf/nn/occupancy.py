@@ -21,8 +21,9 @@ class OccupancyGrid(torch.nn.Module):
     The rule for "occupied" is :func:`taichi_nerf.kernels.occupancy.build_bitfield`
     (density above min(0.01, mean of cascade 0), max-pooled into coarser cascades);
     the checkpoint saves the resulting bitfield, so every renderer samples the
-    same cells. Cells that no training camera sees (:meth:`mark_unseen`) hold
-    -1 and are never occupied or updated; cells not evaluated yet hold +inf and
+    same cells. Cells that no training camera sees (:meth:`mark_unseen`), or that one
+    sees through fully transparent pixels (:meth:`mark_transparent`), hold -1 and are
+    never occupied or updated; cells not evaluated yet hold +inf and
     count as occupied until an update evaluates them: the first evaluates the outer
     cascades whole, and warm-up updates visit the cells in turn, a bounded share per
     update (a CPU cannot afford instant-ngp's every cell at every update of the first
@@ -46,7 +47,6 @@ class OccupancyGrid(torch.nn.Module):
         self.threshold = 0.0
         self.repack()
         self._cursor = 0  # warm-up visits the cells in a fixed order, all within a few updates
-        self._carved = False  # cells carved by mark_transparent wait for release_due
 
     @property
     def device(self) -> torch.device:
@@ -55,12 +55,11 @@ class OccupancyGrid(torch.nn.Module):
 
     def get_extra_state(self) -> dict:
         """The warm-up cursor and the current threshold (for ``state_dict``)."""
-        return {"cursor": self._cursor, "threshold": self.threshold, "carved": self._carved}
+        return {"cursor": self._cursor, "threshold": self.threshold}
 
     def set_extra_state(self, state: dict) -> None:
         """Restore what :meth:`get_extra_state` returned."""
         self._cursor, self.threshold = int(state["cursor"]), float(state["threshold"])
-        self._carved = bool(state.get("carved", False))
 
     def sample(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
                jitter: Optional[torch.Tensor] = None) -> PackedSamples:
@@ -97,30 +96,12 @@ class OccupancyGrid(torch.nn.Module):
                             device=self.device)
         table[:, 1:, 1:] = covered.to(torch.int32).cumsum(1).cumsum(2)
         use = torch.ones(n, dtype=torch.int32) if usable is None else usable.to(torch.int32)
-        before = int((self.density == occ_k.CARVED).sum())
+        before = int((self.density == occ_k.UNSEEN).sum())
         occ_k.mark_transparent(self.spec.resolution, c2w.contiguous(),
                                (intrinsics / k).contiguous(), table, use.to(self.device).contiguous(),
                                1.0, self.density)
         self.repack()
-        carved = int((self.density == occ_k.CARVED).sum())
-        self._carved = carved > 0
-        return (carved - before) / self.spec.n_cells
-
-    def load_density(self, density: torch.Tensor) -> None:
-        """Take over saved per-cell densities (n_cells,) (a resumed run), carved cells
-        included: they still wait for :meth:`release_due` if the run stopped before it."""
-        self.density = density.to(self.device)
-        self._carved = bool((self.density == occ_k.CARVED).any())
-
-    def release_due(self, step: int) -> bool:
-        """True once, at the first update at or after the warm-up's end while carved cells
-        (:meth:`mark_transparent`) are out: then they become ordinary empty cells
-        (``kernels.occupancy.release_carved``). Both the host update and the device
-        trainer's ask this."""
-        if self._carved and step >= self.warmup_steps:
-            self._carved = False
-            return True
-        return False
+        return (int((self.density == occ_k.UNSEEN).sum()) - before) / self.spec.n_cells
 
     def repack(self) -> None:
         """Rebuild the bitfield from the densities (the one rule, in kernels.occupancy)."""
@@ -177,8 +158,6 @@ class OccupancyGrid(torch.nn.Module):
         that and their new optical thickness sigma * min_step (the same factor in every
         cascade); unseen cells (-1) stay as they are."""
         n = self.spec.n_cells
-        if self.release_due(step):
-            occ_k.release_carved(self.density)
         mode, count, first = self.plan_update(step)
         if mode == occ_k.SWEEP:
             idx = torch.arange(n, device=self.device)

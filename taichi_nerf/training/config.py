@@ -184,12 +184,12 @@ class TrainConfig:
     sparse_depth_tolerance: float = _opt(0.05, "relative distance from a sparse point within "
                                                "which the depth loss is zero", lo=0)
     # Lego --downscale 4 after 10 s: 18.6-21.8 dB on four seeds with it, 16.2-17.7 without;
-    # at 2400 steps -0.26 to +0.28 dB (BENCHMARKS 2p): the first steps no longer march a grid
-    # that is still all occupied
+    # at 2400 steps -0.26 and -0.15 dB on two seeds (BENCHMARKS 2p): the first steps no
+    # longer march a grid that is still all occupied
     alpha_carving: bool = _opt(True, "cells that a training view sees whole through fully "
-                                     "transparent pixels (alpha 0) start empty, until the "
-                                     "occupancy warm-up ends: the visual hull of RGBA data "
-                                     "(cameras with lens distortion are not used)")
+                                     "transparent pixels (alpha 0) are empty from the start: "
+                                     "the visual hull of RGBA data (cameras with lens "
+                                     "distortion are not used)")
     pixel_jitter: Optional[bool] = _opt(
         None, "rays through a random point of their pixel instead of its centre (default: on "
               "for photos without alpha, off for masked/synthetic data)")

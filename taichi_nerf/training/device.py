@@ -207,8 +207,6 @@ class DeviceTrainer(Trainer):
     def _update_occupancy(self, step: int) -> None:
         """OccupancyGrid.update's schedule and EMA on the device (cells picked by kernels.rng)."""
         g, cfg = self.grid, self.config
-        if g.release_due(step):
-            occ_k.release_carved(self._density)
         mode, total, cursor = g.plan_update(step)
         half = total // 2  # RANDOM: uniform picks first, occupied ones after
         self._occ_tmp.release()

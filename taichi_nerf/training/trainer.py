@@ -411,7 +411,7 @@ class Trainer:
         except (RuntimeError, ValueError) as e:  # shapes the config check did not catch
             raise CheckpointError(f"checkpoint {path}: cannot resume, its parameters do not "
                                   f"match these settings ({str(e).splitlines()[0]})") from None
-        self.grid.load_density(torch.from_numpy(arrays["occupancy/density"]))
+        self.grid.density = torch.from_numpy(arrays["occupancy/density"]).to(self.device)
         self.grid._cursor = int(cfg.get("occ_cursor", 0))
         self.grid.bitfield = torch.from_numpy(checkpoint_bitfield(cfg, arrays)).to(self.device)
         self.generator.set_state(torch.from_numpy(arrays["rng"]))
