@@ -388,3 +388,27 @@ def test_carving_is_cautious_with_coarse_masks_and_skips_unusable_cameras(cpu_ru
     n_unseen, n_fine, n_coarse = (int((g.density == occ_k.UNSEEN).sum())
                                   for g in (none, fine, coarse))
     assert n_unseen < n_coarse < n_fine
+
+
+def test_pooled_coverage_treats_the_padding_past_the_edge_as_covered(cpu_runtime, gen):
+    """A 50x50 image pooled by 4 (padded to 52): with every pixel transparent, a cell is
+    carved only where its disc lies on the real image, never where it reaches the padding."""
+    c2w = look_at_cameras(1, gen, distance=1.2)
+    size = 50
+    f = 0.5 * size / math.tan(math.radians(40))
+    intr = torch.tensor([[f, f, size / 2, size / 2]])
+    grid = make_grid(resolution=32)
+    grid.mark_unseen(c2w, intr, size, size)
+    unseen = grid.density == occ_k.UNSEEN
+    grid.mark_transparent(c2w, intr, torch.zeros(1, size, size), max_side=16)
+    carved = (grid.density == occ_k.UNSEEN) & ~unseen
+    centres = cell_centres(grid).double()
+    radius = torch.full((len(centres),), 3 ** 0.5 * 0.5 / 32, dtype=torch.float64)
+    cam = (centres - c2w[0, :3, 3].double()) @ c2w[0, :3, :3].double()
+    z = -cam[:, 2]
+    u = f * cam[:, 0] / z + size / 2
+    v = -f * cam[:, 1] / z + size / 2
+    r = f * radius / (z - radius) + 4  # one pooled pixel of margin is 4 image pixels
+    reaches_padding = (u + r >= 48) | (v + r >= 48)
+    assert carved.any() and reaches_padding[~unseen].any()
+    assert not carved[reaches_padding].any()

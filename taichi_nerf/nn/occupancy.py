@@ -87,9 +87,10 @@ class OccupancyGrid(torch.nn.Module):
         each cell's bounding sphere gets one pooled pixel of margin."""
         n, h, w = alpha.shape
         k = max(1, -(-max(h, w) // max_side))
-        covered = (alpha > 0).to(self.device)
+        covered = (alpha > 0).to(device=self.device, dtype=torch.uint8)
         if k > 1:
-            covered = torch.nn.functional.pad(covered, (0, -w % k, 0, -h % k))
+            # rows and columns past the image's edge count as covered: nothing is known there
+            covered = torch.nn.functional.pad(covered, (0, -w % k, 0, -h % k), value=1)
             covered = covered.reshape(n, covered.shape[1] // k, k, covered.shape[2] // k, k)
             covered = covered.amax(dim=(2, 4))
         table = torch.zeros(n, covered.shape[1] + 1, covered.shape[2] + 1, dtype=torch.int32,
