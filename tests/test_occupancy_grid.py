@@ -8,6 +8,7 @@ import taichi as ti
 import torch
 
 from taichi_nerf.kernels import occupancy as occ_k
+from taichi_nerf.data.poses import look_at
 from taichi_nerf.kernels.specs import MarchSpec, OccupancySpec
 from taichi_nerf.nn import reference
 from taichi_nerf.nn.occupancy import OccupancyGrid
@@ -298,17 +299,13 @@ def test_checkpoints_with_the_cells_bits_alone_get_their_blocks(cpu_runtime, gen
 
 def look_at_cameras(n, gen, distance=1.6, centre=0.5):
     """n cameras (n,3,4) at `distance` from the box centre in random directions, looking at it
-    (OpenGL axes: -z forward)."""
-    d = torch.randn(n, 3, generator=gen)
+    (data.poses.look_at, OpenGL axes)."""
+    d = torch.randn(n, 3, generator=gen, dtype=torch.float64)
     d = d / d.norm(dim=1, keepdim=True)
-    eye = centre + distance * d
-    fwd = -d
-    up = torch.tensor([0.0, 0.0, 1.0]).expand(n, 3)
-    up = torch.where((fwd[:, 2:].abs() > 0.95), torch.tensor([0.0, 1.0, 0.0]), up)
-    right = torch.linalg.cross(fwd, up)
-    right = right / right.norm(dim=1, keepdim=True)
-    true_up = torch.linalg.cross(right, fwd)
-    return torch.stack([right, true_up, -fwd, eye], dim=2)
+    c = np.full(3, centre)
+    return torch.from_numpy(np.stack([
+        look_at(c + distance * di, c, (0.0, 1.0, 0.0) if abs(di[2]) > 0.95 else (0.0, 0.0, 1.0))
+        for di in d.numpy()])[:, :3]).float()
 
 
 def ball_masks(c2w, size, f, centre=0.5, radius=0.15, sub=4):
