@@ -1,8 +1,10 @@
 """The one place that calls ``ti.init``: pick a Taichi arch, torch-free.
 
 Users of the kernels alone call :func:`init`; ``taichi_nerf.nn.runtime.init``
-builds on it and adds the matching torch device. Nothing runs at import:
-Taichi starts only when :func:`init` is called.
+builds on it and adds the matching torch device. Nothing runs at import, and Taichi is
+not even imported until :func:`init` runs: the CLI's flag parser reads :data:`ARCHS` and
+:data:`ARCH_DEFAULTS` from here, and `--help` should neither wait ~0.5 s for Taichi nor
+print its banner.
 """
 from __future__ import annotations
 
@@ -11,13 +13,21 @@ import dataclasses
 import gc
 import os
 import platform
-from typing import Optional, Sequence
-
-import taichi as ti
+from typing import Any, Dict, Optional, Sequence
 
 from . import taichi_frontend
 
 ARCHS = ("auto", "cpu", "cuda", "vulkan", "metal")
+
+# Training settings whose best value on an arch is not the 2-core CPU's (TrainConfig's own
+# defaults): instant-ngp's batch (2^18 samples a step) and table (2^19 entries a level). On an
+# H200, Lego 800x800, 300 s: 45929 steps at 40 M samples/s, 34.9 dB (BENCHMARKS 4b); the
+# CPU's 2^14 samples a step would leave such a GPU waiting on launches. Only cuda: the Vulkan
+# path has run on lavapipe (a CPU) alone. Kept here, with the archs, so that no other module
+# names one.
+ARCH_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "cuda": {"target_samples": 1 << 18, "max_rays": 1 << 18, "log2_table": 19},
+}
 
 
 class ArchUnavailableError(RuntimeError):
@@ -45,10 +55,12 @@ _generation = 0
 
 
 def _ti_arch(name: str):
+    import taichi as ti
     return {"cpu": ti.cpu, "cuda": ti.cuda, "vulkan": ti.vulkan, "metal": ti.metal}[name]
 
 
 def _running_arch_name() -> str:
+    import taichi as ti
     arch = ti.lang.impl.current_cfg().arch
     if arch in (ti.x64, ti.arm64):
         return "cpu"
@@ -59,6 +71,7 @@ def _flush_at_exit() -> None:
     """ti.reset() before the interpreter tears down: that is when Taichi writes the kernels
     it compiled to its offline cache. Left to the interpreter's teardown, a training run's
     program was never finalised and every CLI run compiled everything again (24-31 s)."""
+    import taichi as ti
     if _current is not None:
         ti.reset()
 
@@ -77,6 +90,7 @@ def _retire_ndarrays() -> None:
     ``ti.init`` freed a live one of the new program (seen in CI: the hash table of a model
     loaded after a re-init, 'argument not found' at its next launch; reproduced with 200
     ndarrays kept across a re-init, 2 of 200 new ones freed when they were dropped)."""
+    import taichi as ti
     if ti.lang.impl.get_runtime().prog is None:
         return
     gc.collect()
@@ -86,6 +100,7 @@ def _retire_ndarrays() -> None:
 
 def _try_init(arch: str, threads: int, debug: bool, seed: int) -> bool:
     """ti.init on `arch`; True if Taichi really runs there (it silently falls back to CPU)."""
+    import taichi as ti
     global _exit_hook
     if not _exit_hook:
         atexit.register(_flush_at_exit)
@@ -152,6 +167,7 @@ def init(arch: str = "auto", cpu_threads: Optional[int] = None, debug: bool = Fa
         if not _try_init(arch, threads, debug, seed):
             got = _running_arch_name()
             _retire_ndarrays()
+            import taichi as ti
             ti.reset()
             _current = None
             raise ArchUnavailableError(

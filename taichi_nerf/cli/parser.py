@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any, Callable, List, Sequence
 
 from taichi_nerf.api import BUILTIN, DEFAULT_TIME  # numpy-only imports
+from taichi_nerf.kernels.runtime import ARCHS  # imports no Taichi
 from taichi_nerf.training.config import (OptionError, arch_default_help, check_setting,
                                          range_help, value_kind)
 
 
 def _arch_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="auto", choices=["auto", "cpu", "cuda", "vulkan", "metal"],
+    p.add_argument("--arch", default="auto", choices=ARCHS,
                    help="Taichi backend (default: auto = CUDA if available, else Metal on "
                         "macOS, else CPU; Vulkan only when asked for)")
 

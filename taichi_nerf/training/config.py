@@ -11,6 +11,7 @@ import math
 import typing
 from typing import Any, Dict, Mapping, Optional
 
+from taichi_nerf.kernels.runtime import ARCH_DEFAULTS  # imports no Taichi
 from taichi_nerf.kernels.specs import MAX_LOG2_TABLE, MAX_RESOLUTION
 from taichi_nerf.options import OptionError
 
@@ -18,14 +19,6 @@ __all__ = ["ARCH_DEFAULTS", "MAX_APPEARANCE", "OptionError", "RESUME_KEEPS", "Tr
            "arch_defaults", "check_setting", "range_help", "settings_for", "value_kind"]
 
 MAX_APPEARANCE = 256  # floats per image; nerfacto uses 32
-
-# Settings whose best value on a GPU is not the 2-core CPU's: instant-ngp's batch (2^18
-# samples a step) and table (2^19 entries a level). On an H200, Lego 800x800, 300 s: 45929
-# steps at 40 M samples/s, 34.9 dB (BENCHMARKS 4b); the CPU's 2^14 samples a step would leave
-# such a GPU waiting on launches. Only cuda: the Vulkan path has run on lavapipe (a CPU) alone.
-ARCH_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "cuda": {"target_samples": 1 << 18, "max_rays": 1 << 18, "log2_table": 19},
-}
 
 
 def _opt(default: Any, help: str, lo: Optional[float] = None, hi: Optional[float] = None,
