@@ -87,13 +87,14 @@ def set_active_levels(weights: ti.types.ndarray(dtype=ti.f32, ndim=1), active: t
 def field_forward(spec: HashGridSpec, table, density_layers: Sequence[Tuple[object, object]],
                   pos, tmp: Temporaries, sh_degree: int = 0,
                   color_layers: Sequence[Tuple[object, object]] = (), dirs=None,
-                  level_weights=None) -> FieldPass:
+                  level_weights=None, coherent: bool = False) -> FieldPass:
     """Positions (M,3) in [0,1] (and unit dirs (M,3) for colour) -> the field's
     intermediates, each a temporary of `tmp`; without dirs only the density part runs.
-    level_weights (L,): the hash levels' weights (coarse-to-fine), None for all 1."""
+    level_weights (L,): the hash levels' weights (coarse-to-fine), None for all 1.
+    coherent: neighbouring points lie close together (hash_grid.level_major_forward)."""
     M = pos.shape[0]
     enc = tmp.f32((M, spec.out_dim))
-    hash_grid_kernels(spec).forward(pos, table, enc)
+    hash_grid_kernels(spec, coherent).forward(pos, table, enc)
     if level_weights is not None:
         scale_levels(enc, level_weights, spec.n_features)
     density_outs = mlp_k.mlp_forward_saved(enc, density_layers,

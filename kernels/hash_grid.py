@@ -75,21 +75,30 @@ def level_params(spec: HashGridSpec) -> List[Tuple[int, int, int, int, int, floa
 
 @ti.func
 def level_corners_at(p, res: ti.i32, first_row: ti.i32, size: ti.i32, dense: ti.i32,
-                     splits: ti.i32, s1: ti.f32, s2: ti.f32, inv_s1: ti.f32, inv_s2: ti.f32):
+                     splits: ti.i32, s1: ti.f32, s2: ti.f32, inv_s1: ti.f32, inv_s2: ti.f32,
+                     wide: ti.template()):
     """Table rows (8 ints) and trilinear weights (8 floats) of one level at p in [0,1]^3.
 
     The level comes as values (see :func:`level_params`): compile-time constants in the
     batch kernels (Taichi folds the branches away), values read from a field in
     ``NerfScene``'s dynamic loop over levels. One function, so both agree exactly.
+    With `wide` (static; :func:`wide_products`) p * res is one float64 product instead.
     """
     # p * res in float32 rounds to 1 ulp of res (1.5e-5 at 256), which moves the
     # trilinear weights by as much: measured up to 1.5e-5 relative error against the
-    # float64 reference. So p * res is summed from pieces that are each exact.
+    # float64 reference. So p * res is formed exactly: as one float64 product (24 x 20
+    # significant bits fit float64's 53) where float64 is cheap, else summed from float32
+    # pieces that are each exact.
     pc = ti.math.clamp(p, 0.0, 1.0)
     res_f = ti.cast(res, ti.f32)
     cell_f = ti.Vector.zero(ti.f32, 3)
     frac = ti.Vector.zero(ti.f32, 3)
-    if splits == 0:
+    if ti.static(wide):
+        q = ti.cast(pc, ti.f64) * ti.cast(res, ti.f64)
+        cell_d = ti.floor(q)
+        cell_f = ti.cast(cell_d, ti.f32)    # exact: below 2^24
+        frac = ti.cast(q - cell_d, ti.f32)
+    elif splits == 0:
         q = pc * res_f                      # a power of two: exact as it is
         cell_f = ti.floor(q)
         frac = q - cell_f
@@ -138,7 +147,7 @@ def level_lookup_at(table: ti.template(), p, n_features: ti.template(), res: ti.
     """The level's trilinearly interpolated n_features vector at p in [0,1]^3 (level as values,
     see :func:`level_corners_at`); table is a (n_params, n_features) field or ndarray."""
     rows, weights = level_corners_at(p, res, first_row, size, dense, splits, s1, s2, inv_s1,
-                                     inv_s2)
+                                     inv_s2, False)
     feat = ti.Vector.zero(ti.f32, n_features)
     for c in ti.static(range(8)):
         for f in ti.static(range(n_features)):
@@ -155,7 +164,7 @@ def make_level_funcs(spec: HashGridSpec):
 
     @ti.func
     def level_corners(p, l: ti.template()):
-        return level_corners_at(p, *ti.static(params[l]))
+        return level_corners_at(p, *ti.static(params[l]), False)
 
     @ti.func
     def level_lookup(table: ti.template(), p, l: ti.template()):
@@ -213,7 +222,16 @@ def table_grad_method(arch: str) -> str:
     return "by_level" if arch == "cpu" else "atomic"
 
 
-def make_class_corners(spec: HashGridSpec, per_class: bool = True):
+def wide_products(arch: str) -> bool:
+    """Whether the batch kernels on `arch` form p * res as one float64 product (cpu: scalar
+    float64 costs what float32 does, and the hash-grid forward ran 10-13% faster than with
+    the float32 pieces, BENCHMARKS 3h) or from exact float32 pieces (the GPUs: Metal has no
+    float64, consumer CUDA cards run it at 1/32-1/64 rate, lavapipe's Vulkan was tested
+    without it). Either way the product is exact, so every arch gets the same cells."""
+    return arch == "cpu"
+
+
+def make_class_corners(spec: HashGridSpec, per_class: bool = True, wide: bool = False):
     """(classes, @ti.func ``class_level(c, j)`` -> (level, resolution, first row, s1, s2,
     1/s1, 1/s2) of the j-th level (a run-time index) of level class c (static), @ti.func
     ``corners_in(p, c, *those values but the level)`` -> (rows: 8 ints, weights: 8 floats)).
@@ -256,7 +274,7 @@ def make_class_corners(spec: HashGridSpec, per_class: bool = True):
         """level_corners_at for a level of class c, its values from class_level."""
         k = ti.static(classes[c])
         return level_corners_at(p, res, first, ti.static(k.size), ti.static(k.dense),
-                                ti.static(k.splits), s1, s2, inv1, inv2)
+                                ti.static(k.splits), s1, s2, inv1, inv2, wide)
 
     return classes, class_level, corners_in
 
@@ -282,11 +300,11 @@ class HashGridKernels:
     """
 
     def __init__(self, spec: HashGridSpec, per_class: bool = True,
-                 level_major: bool = False):
+                 level_major: bool = False, wide: bool = False):
         self.spec, self.level_major = spec, level_major
         L, F = spec.n_levels, spec.n_features
         self.corners, self.lookup = corners, lookup = make_level_funcs(spec)
-        classes, class_level, corners_in = make_class_corners(spec, per_class)
+        classes, class_level, corners_in = make_class_corners(spec, per_class, wide)
         self.classes = classes
         C = len(classes)
 
@@ -398,31 +416,38 @@ class HashGridKernels:
 # a hashed level at least this large (bytes) is encoded level-major on the cpu: measured
 # (BENCHMARKS 3d, 2^18 points, 2-core EPYC with 1 MiB L2 per core) equal at 512 KiB a level,
 # 1.3-2.7x faster at 1 MiB (the default 2^17 rows x 2 features), slower (0.8-0.9x) below,
-# where the whole table fits the caches anyway and the order only costs output traffic
+# where the whole table fits the caches anyway and the order only costs output traffic.
+# Coherent points (a rendered image's samples, ray by ray in pixel order) are the exception:
+# neighbours share most corners, so point by point reuses them from cache; on a trained Lego
+# run's preview frames the point-major forward took 158-172 ms against 220-231 level-major
+# (BENCHMARKS 3h)
 LEVEL_MAJOR_MIN_BYTES = 1 << 20
 
 
-def level_major_forward(spec: HashGridSpec, arch: str) -> bool:
+def level_major_forward(spec: HashGridSpec, arch: str, coherent: bool = False) -> bool:
     """Whether the forward on `arch` runs level-major: on the cpu for levels of at least
-    LEVEL_MAJOR_MIN_BYTES. The GPUs keep the point-major order they were measured with."""
+    LEVEL_MAJOR_MIN_BYTES, unless the points are `coherent` (neighbours close together: an
+    image's samples in pixel order). The GPUs keep the point-major order they were
+    measured with."""
     level_bytes = spec.table_size * spec.n_features * 4
-    return arch == "cpu" and level_bytes >= LEVEL_MAJOR_MIN_BYTES
+    return arch == "cpu" and level_bytes >= LEVEL_MAJOR_MIN_BYTES and not coherent
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(spec: HashGridSpec, per_class: bool, level_major: bool,
+def _kernels(spec: HashGridSpec, per_class: bool, level_major: bool, wide: bool,
              generation: int) -> HashGridKernels:
-    return HashGridKernels(spec, per_class, level_major)
+    return HashGridKernels(spec, per_class, level_major, wide)
 
 
-def hash_grid_kernels(spec: HashGridSpec) -> HashGridKernels:
+def hash_grid_kernels(spec: HashGridSpec, coherent: bool = False) -> HashGridKernels:
     """The kernels for `spec` on the running arch, made once per spec and Taichi program (the
-    cpu's level-class kernels hold fields): level classes on cpu, every level unrolled else."""
+    cpu's level-class kernels hold fields): level classes on cpu, every level unrolled else;
+    `coherent`: for points whose neighbours lie close together (:func:`level_major_forward`).
+    Taichi compiles a kernel at its first call, so a form nobody calls costs nothing."""
     rt = runtime.current()
-    if rt is None:
-        return _kernels(spec, True, level_major_forward(spec, "cpu"), 0)
-    return _kernels(spec, loops_per_class(rt.arch), level_major_forward(spec, rt.arch),
-                    rt.generation)
+    arch = "cpu" if rt is None else rt.arch
+    return _kernels(spec, loops_per_class(arch), level_major_forward(spec, arch, coherent),
+                    wide_products(arch), 0 if rt is None else rt.generation)
 
 
 def table_with_level_weights(table, spec: HashGridSpec, weights):

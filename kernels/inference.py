@@ -128,16 +128,18 @@ class NerfModel:
         """Wait for the launched kernels, then drop the temporaries of the last call."""
         self._tmp.release()
 
-    def field(self, pos, dirs) -> Tuple[object, object]:
+    def field(self, pos, dirs, coherent: bool = False) -> Tuple[object, object]:
         """Model-space positions, unit dirs (M,3) ndarrays -> sigma (M,), rgb (M,3) ndarrays."""
-        sigma, h = self.density(pos)
+        sigma, h = self.density(pos, coherent)
         return sigma, self.colour(h, dirs)
 
-    def density(self, pos) -> Tuple[object, object]:
-        """Model-space positions (M,3) ndarray -> sigma (M,), geometry features (M, G)."""
+    def density(self, pos, coherent: bool = False) -> Tuple[object, object]:
+        """Model-space positions (M,3) ndarray -> sigma (M,), geometry features (M, G);
+        coherent: neighbouring points lie close together (an image's samples in pixel order)."""
         unit = self._new(ti.f32, (pos.shape[0], 3))
         _to_unit(pos, self.lo, 1.0 / self.size, unit)
-        p = field_forward(self.grid_spec, self.table, self.density_layers, unit, self._tmp)
+        p = field_forward(self.grid_spec, self.table, self.density_layers, unit, self._tmp,
+                          coherent=coherent)
         return p.sigma, p.density_outs[-1]
 
     def colour(self, h, dirs):
@@ -210,7 +212,7 @@ class NerfModel:
                 s_pos, s_dir = self._new(ti.f32, (M, 3)), self._new(ti.f32, (M, 3))
                 pack_segment(rays, limit, *slots, s_t, s_dt, s_pos, s_dir,
                              self._new(ti.i32, (M,)))
-                sigma, h = self.density(s_pos)
+                sigma, h = self.density(s_pos, coherent=True)  # rays in pixel order
                 rgb, n = self._coloured(sigma, h, s_dir, s_dt, rays, ids, T, t_threshold,
                                         min_weight)
                 n_samples, n_coloured = n_samples + M, n_coloured + n

@@ -50,15 +50,16 @@ def test_both_forward_orders_match_reference(arch, gen, name, level_major):
     """The forward looks up level by level (every point, then the next level) or point by
     point; the cpu picks by table size (level_major_forward), the test specs' small tables
     would never take the level-major path, so both are built here."""
-    from taichi_nerf.kernels.hash_grid import HashGridKernels, loops_per_class
+    from taichi_nerf.kernels.hash_grid import HashGridKernels, loops_per_class, wide_products
     spec = SPECS[name]
     pos, table = _inputs(spec, gen)
-    k = HashGridKernels(spec, loops_per_class(arch), level_major)
-    assert k.level_major == level_major
-    out = torch.empty(pos.shape[0], spec.out_dim)
-    k.forward(pos, table, out)
     ref = reference.hash_encode(pos.double(), table.double(), spec)
-    assert rel_err(out, ref) < 1e-5
+    for wide in sorted({False, wide_products(arch)}):  # float64 p * res where the arch uses it
+        k = HashGridKernels(spec, loops_per_class(arch), level_major, wide)
+        assert k.level_major == level_major
+        out = torch.empty(pos.shape[0], spec.out_dim)
+        k.forward(pos, table, out)
+        assert rel_err(out, ref) < 1e-5, wide
 
 
 def test_level_major_forward_for_large_levels_on_cpu():
@@ -68,6 +69,9 @@ def test_level_major_forward_for_large_levels_on_cpu():
     assert level_major_forward(default, "cpu")
     assert not level_major_forward(HashGridSpec(log2_table=14), "cpu")
     assert not any(level_major_forward(default, a) for a in ("cuda", "vulkan", "metal"))
+    # an image's samples (neighbours share corners) go point by point on every arch
+    assert not any(level_major_forward(default, a, coherent=True)
+                   for a in ("cpu", "cuda", "vulkan", "metal"))
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -215,6 +219,14 @@ def test_forward_precision_at_non_power_of_two_resolutions(arch, name):
     out = ops.hash_encode(pos, table, spec)
     ref = reference.hash_encode(pos.double(), table.double(), spec)
     assert rel_err(out, ref) < 1e-6
+    # both exact forms of p * res, float32 pieces and one float64 product, where the arch
+    # runs the latter (the cpu): the same cells, weights to float32 rounding
+    from taichi_nerf.kernels.hash_grid import HashGridKernels, loops_per_class, wide_products
+    for wide in sorted({False, wide_products(arch)}):
+        k = HashGridKernels(spec, loops_per_class(arch), False, wide)
+        out = torch.empty(pos.shape[0], spec.out_dim)
+        k.forward(pos, table, out)
+        assert rel_err(out, ref) < 1e-6, wide
 
 
 @pytest.mark.parametrize("name", list(SPECS))

@@ -182,6 +182,36 @@ def test_segmented_render_equals_whole_walk_render(trained, scene_dir, cpu_runti
     assert float(dark.abs().mean()) < 1e-3
 
 
+def test_images_read_the_hash_grid_as_coherent_points(trained, scene_dir, cpu_runtime,
+                                                     monkeypatch):
+    """render_image's samples come ray by ray in pixel order: its hash-grid forward is asked
+    for the coherent form (the cpu's point-major order), whole walk or segments; a training
+    batch of random rays keeps the default form. The forms give the same values (tested in
+    test_hash_grid), so the picture is the one render_rays gives."""
+    from taichi_nerf.kernels import march as march_mod
+
+    out, _ = trained
+    _, renderer, scene = load_model(out / "checkpoint.npz")
+    test = load_dataset(scene_dir, "test", scene=scene)
+    asked = []
+    original = ops.hash_grid_kernels
+    monkeypatch.setattr(ops, "hash_grid_kernels",
+                        lambda spec, coherent=False: asked.append(coherent) or
+                        original(spec, coherent))
+    args = (torch.from_numpy(test.transform_poses()[0]), torch.from_numpy(test.intrinsics[0]),
+            torch.from_numpy(test.distortion[0]))
+    size = 16
+    assert march_mod.renders_whole(size * size, renderer.grid.march)
+    renderer.render_image(*args, size, size, torch.ones(3))   # walked whole
+    assert not march_mod.renders_whole(RES * RES // 2, renderer.grid.march)
+    renderer.render_image(*args, RES, RES, torch.ones(3), chunk=RES * RES // 2)  # segments
+    assert asked and all(asked)
+    asked.clear()
+    o, d = torch.rand(64, 3) * 0.1 + 0.45, torch.nn.functional.normalize(torch.randn(64, 3), dim=1)
+    renderer.render_rays(o, d, torch.ones(64, 3))
+    assert asked and not any(asked)
+
+
 def test_render_benchmark_reports_each_mode(trained, cpu_runtime, capsys):
     import importlib.util
     from pathlib import Path

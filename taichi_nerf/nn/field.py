@@ -95,9 +95,11 @@ class NGPField(nn.Module):
                         m.weight.uniform_(-bound, bound, generator=generator)
                         m.bias.uniform_(-bound, bound, generator=generator)
 
-    def density(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """pos (M,3) in [0,1] -> sigma (M,), geometry features (M, geo_features)."""
-        enc = self.grid(pos)
+    def density(self, pos: torch.Tensor,
+                coherent: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """pos (M,3) in [0,1] -> sigma (M,), geometry features (M, geo_features); coherent:
+        neighbouring points lie close together (``ops.hash_encode``), same values."""
+        enc = self.grid(pos, coherent)
         if not self._all_levels:
             enc = enc * self.level_weights.repeat_interleave(self.config.grid.n_features)
         h = self.density_net(enc)                                       # [M, G]
@@ -127,10 +129,11 @@ class NGPField(nn.Module):
         return self.appearance[image.long()]
 
     def forward(self, pos: torch.Tensor, dirs: torch.Tensor,
-                image: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                image: Optional[torch.Tensor] = None,
+                coherent: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """pos (M,3) in [0,1], dirs (M,3) unit, image (M,) training-image index of each
-        sample or None (mean appearance) -> sigma (M,), rgb (M,3)."""
-        sigma, h = self.density(pos)
+        sample or None (mean appearance) -> sigma (M,), rgb (M,3); coherent: see density."""
+        sigma, h = self.density(pos, coherent)
         return sigma, self.colour(h, dirs, image)
 
     def colour(self, h: torch.Tensor, dirs: torch.Tensor,

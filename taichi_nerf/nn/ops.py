@@ -74,8 +74,8 @@ def _with_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- hash grid
 class _HashEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pos, table, spec):
-        k = hash_grid_kernels(spec)
+    def forward(ctx, pos, table, spec, coherent):
+        k = hash_grid_kernels(spec, coherent)
         out = torch.empty(pos.shape[0], spec.out_dim, dtype=torch.float32, device=pos.device)
         k.forward(pos.detach(), table.detach(), out)
         ctx.spec = spec
@@ -106,14 +106,16 @@ class _HashEncode(torch.autograd.Function):
             k.table_grad_by_level(pos.detach(), grad_out, g_table)
         else:
             k.table_grad_atomic(pos.detach(), grad_out, g_table)
-        return g_pos, g_table, None
+        return g_pos, g_table, None, None
 
 
 def hash_encode(pos: torch.Tensor, table: torch.Tensor, spec: HashGridSpec,
-                check_range: bool = True) -> torch.Tensor:
+                check_range: bool = True, coherent: bool = False) -> torch.Tensor:
     """Hash-grid encode pos (N,3) float32 in [0,1] with table (P,F) -> (N, L*F).
 
-    Differentiable to `table`, and to `pos` on cpu/cuda.
+    Differentiable to `table`, and to `pos` on cpu/cuda. `coherent`: neighbouring points
+    lie close together (a rendered image's samples in pixel order), which picks the
+    forward's order on the cpu (``kernels.hash_grid.level_major_forward``); same values.
     """
     runtime.current()  # a clear error (not Taichi's silent default init) before kernels run
     check_tensor(pos, "positions", (None, 3))
@@ -125,7 +127,7 @@ def hash_encode(pos: torch.Tensor, table: torch.Tensor, spec: HashGridSpec,
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"positions must lie in [0, 1]^3 (got values in "
                              f"[{lo:.4g}, {hi:.4g}]); map them into the unit box first")
-    return _HashEncode.apply(pos, table, spec)
+    return _HashEncode.apply(pos, table, spec, coherent)
 
 
 class HashGrid(torch.nn.Module):
@@ -138,9 +140,9 @@ class HashGrid(torch.nn.Module):
         table = torch.rand(spec.n_params, spec.n_features, generator=generator) * 2 - 1
         self.table = torch.nn.Parameter((table * init_scale).to(device))
 
-    def forward(self, pos: torch.Tensor) -> torch.Tensor:
-        """pos (N,3) float32 in [0,1] -> features (N, L*F)."""
-        return hash_encode(pos, self.table, self.spec)
+    def forward(self, pos: torch.Tensor, coherent: bool = False) -> torch.Tensor:
+        """pos (N,3) float32 in [0,1] -> features (N, L*F); coherent: see hash_encode."""
+        return hash_encode(pos, self.table, self.spec, coherent=coherent)
 
     def extra_repr(self) -> str:
         s = self.spec

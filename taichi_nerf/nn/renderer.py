@@ -48,7 +48,8 @@ class Renderer:
                     jitter: Optional[torch.Tensor] = None,
                     near_grad_distance: float = 0.0,
                     image: Optional[torch.Tensor] = None,
-                    t_threshold: float = T_THRESHOLD) -> Dict[str, torch.Tensor]:
+                    t_threshold: float = T_THRESHOLD,
+                    coherent: bool = False) -> Dict[str, torch.Tensor]:
         """rays (R,3) model space, bg (R,3) -> rgb (R',3), depth (R',) model units, opacity (R',),
         n_samples, n_used (R',) samples before termination, n_rays = R'. With `max_samples`,
         only the first R' rays whose samples fit are rendered (at least one): a batch never
@@ -56,7 +57,8 @@ class Renderer:
         near_grad_distance > 0: gradients of samples nearer than that (model units) shrink
         as (t / distance)^2 (training). image (R,): training-image index of each ray, for
         the field's appearance codes (None: the mean code, as for any new view). A ray ends
-        once its transmittance is below t_threshold."""
+        once its transmittance is below t_threshold. coherent: neighbouring rays are
+        neighbouring pixels (an image, not a training batch): the hash grid's order."""
         with profiling.stage(profiling.MARCH):
             s = self.grid.sample(rays_o, rays_d, jitter)
             n_rays = rays_o.shape[0]
@@ -71,7 +73,7 @@ class Renderer:
         # the per-sample gather only when the field has codes: training always passes image
         per_sample = (image[s.ray_index.long()]
                       if image is not None and self.field.config.appearance_dim else None)
-        sigma, rgb = self.field(self.to_unit(s.positions), s.dirs, per_sample)
+        sigma, rgb = self.field(self.to_unit(s.positions), s.dirs, per_sample, coherent)
         if near_grad_distance > 0:
             # a point near the lens covers many pixels of one view and gets their gradients
             # summed; without the scale, photos grow floaters right in front of the cameras
@@ -95,7 +97,8 @@ class Renderer:
         with the same t_threshold the values are render_rays' (jitter 0). Only samples that
         weigh more than min_weight get a colour (the others count as black: with 0, the
         samples after a ray's end within its segment and any whose weight rounds to 0, which
-        count for nothing)."""
+        count for nothing). The hash grid is read in its order for coherent points: rays
+        are taken to be an image's, in pixel order (any order gives the same values)."""
         dev, R = rays_o.device, rays_o.shape[0]
         occ, march = self.grid.spec, self.grid.march
         t, t_far = ops.march_start(rays_o, rays_d, self.occupied_bounds(), occ, march)
@@ -113,7 +116,8 @@ class Renderer:
                                       occ, march, limit)
             counts = s.rays[:, 1]
             if s.n_samples:
-                sigma, h = self.field.density(self.to_unit(s.positions))
+                # an image's rays in pixel order: neighbouring samples share table rows
+                sigma, h = self.field.density(self.to_unit(s.positions), coherent=True)
                 keep = needs_colour(ops.resume_weights(sigma, s, ids, T, t_threshold),
                                     min_weight).nonzero().squeeze(1)
                 if keep.shape[0] == s.n_samples:
@@ -150,7 +154,8 @@ class Renderer:
             oc, dc = o[i:i + chunk], d[i:i + chunk]
             bgc = bg.reshape(1, 3).expand(oc.shape[0], 3)
             if renders_whole(oc.shape[0], self.grid.march):  # few rays: one pass is cheaper
-                r = self.render_rays(oc, dc, bgc.contiguous(), t_threshold=t_threshold)
+                r = self.render_rays(oc, dc, bgc.contiguous(), t_threshold=t_threshold,
+                                     coherent=True)
             else:
                 r = self.render_rays_segmented(oc, dc, bgc, t_threshold,
                                                min_weight=min_weight)
