@@ -224,10 +224,10 @@ def table_grad_method(arch: str) -> str:
 
 def wide_products(arch: str) -> bool:
     """Whether the batch kernels on `arch` form p * res as one float64 product (cpu: scalar
-    float64 costs what float32 does, and the hash-grid forward ran 10-13% faster than with
-    the float32 pieces, BENCHMARKS 3h) or from exact float32 pieces (the GPUs: Metal has no
-    float64, consumer CUDA cards run it at 1/32-1/64 rate, lavapipe's Vulkan was tested
-    without it). Either way the product is exact, so every arch gets the same cells."""
+    float64 costs what float32 does, and the forward and the table gradient ran 5-8% faster
+    than with the float32 pieces, BENCHMARKS 3h) or from exact float32 pieces (the GPUs:
+    Metal has no float64, consumer CUDA cards run it at 1/32-1/64 rate, lavapipe's Vulkan
+    was not tested with it). Either way the product is exact: every arch gets the same cells."""
     return arch == "cpu"
 
 
