@@ -176,9 +176,9 @@ class TrainConfig:
                                            "sparse points' keypoints", lo=0, hi=1)
     sparse_depth_tolerance: float = _opt(0.05, "relative distance from a sparse point within "
                                                "which the depth loss is zero", lo=0)
-    # Lego --downscale 4 after 10 s: 18.6-21.8 dB on four seeds with it, 16.2-17.7 without;
-    # at 2400 steps -0.40 to +0.26 dB on four seeds, mean -0.14 (BENCHMARKS 2p): the first
-    # steps no longer march a grid that is still all occupied
+    # Lego --downscale 4 after 10 s: 18.6-21.8 dB on four seeds with it, 16.2-17.7 without
+    # (the first steps no longer march a grid that is still all occupied); later it costs:
+    # at 2400 steps 0.21 dB on the mean of 8 seeds, at --time 120 0.24 dB (BENCHMARKS 10d)
     alpha_carving: bool = _opt(True, "cells that a training view sees whole through fully "
                                      "transparent pixels (alpha 0) are empty from the start: "
                                      "the visual hull of RGBA data (cameras with lens "
