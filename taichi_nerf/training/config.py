@@ -182,7 +182,8 @@ class TrainConfig:
     alpha_carving: bool = _opt(True, "cells that a training view sees whole through fully "
                                      "transparent pixels (alpha 0) are empty from the start: "
                                      "the visual hull of RGBA data (cameras with lens "
-                                     "distortion are not used)")
+                                     "distortion are not used); on Lego a much better "
+                                     "first 20 s, 0.2-0.3 dB lower after two minutes")
     pixel_jitter: Optional[bool] = _opt(
         None, "rays through a random point of their pixel instead of its centre (default: on "
               "for photos without alpha, off for masked/synthetic data)")
