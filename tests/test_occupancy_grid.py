@@ -364,6 +364,48 @@ def test_transparent_cells_are_carved_and_the_object_never(cpu_runtime, gen):
     assert (grid.density[carved] == occ_k.UNSEEN).all()
 
 
+def test_carving_keeps_a_shell_of_free_space_around_the_hull(cpu_runtime, gen):
+    """keep_shell against a numpy reference on random carvings of two cascades: a cell carved
+    by this call comes back exactly when a cell of its cascade within `shell` cells per axis
+    stayed in; cells unseen before never come back. And through mark_transparent: the ball's
+    carving with a shell of 2 is the carving without it, minus the cells next to the hull."""
+    from taichi_nerf.nn.occupancy import keep_shell
+    R, shell = 8, 2
+    previous = torch.where(torch.rand(2 * R ** 3, generator=gen) < 0.1,
+                           torch.tensor(float(occ_k.UNSEEN)), torch.rand(2 * R ** 3, generator=gen))
+    carve = torch.rand(2 * R ** 3, generator=gen) < 0.95
+    density = torch.where(carve, torch.tensor(float(occ_k.UNSEEN)), previous)
+    got = density.clone()
+    keep_shell(previous, got, R, shell)
+    kept = (density != occ_k.UNSEEN).numpy().reshape(2, R, R, R)
+    want = density.numpy().reshape(2, R, R, R).copy()
+    prev = previous.numpy().reshape(2, R, R, R)
+    for c, i, j, k in np.ndindex(2, R, R, R):
+        lo = [max(0, v - shell) for v in (i, j, k)]
+        near = kept[c, lo[0]:i + shell + 1, lo[1]:j + shell + 1, lo[2]:k + shell + 1].any()
+        if near and want[c, i, j, k] == occ_k.UNSEEN and prev[c, i, j, k] != occ_k.UNSEEN:
+            want[c, i, j, k] = prev[c, i, j, k]
+    assert np.array_equal(got.numpy().reshape(2, R, R, R), want)
+    assert ((got != occ_k.UNSEEN) & (density == occ_k.UNSEEN)).any()  # some came back
+
+    c2w = look_at_cameras(8, gen)
+    size = 48
+    f = 0.5 * size / math.tan(math.radians(25))
+    intr = torch.tensor([[f, f, size / 2, size / 2]]).expand(8, 4).contiguous()
+    alpha = ball_masks(c2w, size, f)
+    bare, shelled = make_grid(resolution=16), make_grid(resolution=16)
+    for g in (bare, shelled):
+        g.mark_unseen(c2w, intr, size, size)
+    before = bare.density.clone()
+    bare.mark_transparent(c2w, intr, alpha)
+    shelled.mark_transparent(c2w, intr, alpha, shell=2)
+    want = bare.density.clone()
+    keep_shell(before, want, 16, 2)
+    assert torch.equal(shelled.density, want)
+    n_bare, n_shelled = (int((g.density == occ_k.UNSEEN).sum()) for g in (bare, shelled))
+    assert n_shelled < n_bare
+
+
 def test_carving_is_cautious_with_coarse_masks_and_skips_unusable_cameras(cpu_runtime, gen):
     """Coverage pooled to 16 pixels a side still never carves the ball; no usable camera
     (lens distortion everywhere) carves nothing."""

@@ -223,13 +223,24 @@ def test_finest_resolution_follows_what_the_images_resolve(scene_dir, cpu_runtim
 
 
 def test_alpha_carving_empties_what_the_masks_show_empty_and_keeps_the_surface(scene_dir,
-                                                                                 cpu_runtime):
+                                                                                 cpu_runtime,
+                                                                                 monkeypatch):
     """RGBA data: the grid starts from the masks' visual hull (cells seen through alpha-0
-    pixels out for good); every cell on the built-in scene's analytic surface stays in, and
-    --no-alpha-carving leaves the grid to the updates."""
+    pixels out for good) with a shell of CARVE_SHELL cells of free space kept around it;
+    every cell on the built-in scene's analytic surface stays in, and --no-alpha-carving
+    leaves the grid to the updates."""
+    from taichi_nerf.nn.occupancy import OccupancyGrid
+    from taichi_nerf.training.trainer import CARVE_SHELL
+
     train = load_dataset(scene_dir, "train")
     assert train.has_alpha
+    shells = []
+    original = OccupancyGrid.mark_transparent
+    monkeypatch.setattr(OccupancyGrid, "mark_transparent",
+                        lambda self, *a, **k: shells.append(k.get("shell")) or
+                        original(self, *a, **k))
     carved = Trainer(train, small_config())
+    assert shells == [CARVE_SHELL] and CARVE_SHELL > 0
     plain = Trainer(train, small_config(alpha_carving=False))
     out_carved = float((carved.grid.density < 0).float().mean())
     out_plain = float((plain.grid.density < 0).float().mean())

@@ -76,7 +76,8 @@ class OccupancyGrid(torch.nn.Module):
         self.repack()
 
     def mark_transparent(self, c2w: torch.Tensor, intrinsics: torch.Tensor, alpha: torch.Tensor,
-                         usable: Optional[torch.Tensor] = None, max_side: int = 256) -> float:
+                         usable: Optional[torch.Tensor] = None, max_side: int = 256,
+                         shell: int = 0) -> float:
         """Mark cells that some camera sees whole through fully transparent pixels as never
         occupied (the visual hull of the alpha masks) -> share of cells so marked.
 
@@ -84,7 +85,9 @@ class OccupancyGrid(torch.nn.Module):
         in [0,1]; usable (N,) bool (default all): cameras whose pinhole projection is exact
         (lens distortion would move the pixels). Each image's coverage (alpha > 0) is
         max-pooled to at most `max_side` pixels a side first (coarser is more cautious) and
-        each cell's bounding sphere gets one pooled pixel of margin."""
+        each cell's bounding sphere gets one pooled pixel of margin. shell > 0 leaves the
+        cells within `shell` cells (per axis, same cascade) of a cell that stays in:
+        see :func:`keep_shell`."""
         n, h, w = alpha.shape
         k = max(1, -(-max(h, w) // max_side))
         covered = (alpha > 0).to(device=self.device, dtype=torch.uint8)
@@ -98,9 +101,12 @@ class OccupancyGrid(torch.nn.Module):
         table[:, 1:, 1:] = covered.to(torch.int32).cumsum(1).cumsum(2)
         use = torch.ones(n, dtype=torch.int32) if usable is None else usable.to(torch.int32)
         before = int((self.density == occ_k.UNSEEN).sum())
+        previous = self.density.clone() if shell > 0 else None
         occ_k.mark_transparent(self.spec.resolution, c2w.contiguous(),
                                (intrinsics / k).contiguous(), table, use.to(self.device).contiguous(),
                                1.0, self.density)
+        if previous is not None:
+            keep_shell(previous, self.density, self.spec.resolution, shell)
         self.repack()
         return (int((self.density == occ_k.UNSEEN).sum()) - before) / self.spec.n_cells
 
@@ -193,3 +199,21 @@ class OccupancyGrid(torch.nn.Module):
         self.density = torch.where(seen, decayed, self.density)
         self.repack()
 
+
+
+
+def keep_shell(previous: torch.Tensor, density: torch.Tensor, resolution: int,
+               shell: int) -> None:
+    """Undo, in place, the carving (previous (n_cells,) -> density (n_cells,)) of every cell
+    within `shell` cells per axis of a cell of its cascade that is not unseen (-1) after it:
+    the carved hull keeps a shell of free space around it. Lego at 2400 steps: carving alone
+    lost 0.2-0.4 dB against no carving, inside the object; with a shell of 2 it matched or
+    passed no carving (BENCHMARKS 10d), so the field seems to need free space next to the
+    hull to learn where the surface ends."""
+    r3 = resolution ** 3
+    for c in range(density.shape[0] // r3):
+        now, before = density[c * r3:(c + 1) * r3], previous[c * r3:(c + 1) * r3]
+        kept = (now != occ_k.UNSEEN).float().reshape(1, 1, resolution, resolution, resolution)
+        near = torch.nn.functional.max_pool3d(kept, 2 * shell + 1, 1, shell).reshape(-1) > 0
+        back = near & (now == occ_k.UNSEEN) & (before != occ_k.UNSEEN)
+        now[back] = before[back]

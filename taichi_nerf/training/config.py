@@ -177,13 +177,14 @@ class TrainConfig:
     sparse_depth_tolerance: float = _opt(0.05, "relative distance from a sparse point within "
                                                "which the depth loss is zero", lo=0)
     # Lego --downscale 4 after 10 s: 18.6-21.8 dB on four seeds with it, 16.2-17.7 without
-    # (the first steps no longer march a grid that is still all occupied); later it costs:
-    # at 2400 steps 0.21 dB on the mean of 8 seeds, at --time 120 0.24 dB (BENCHMARKS 10d)
+    # (the first steps no longer march a grid that is still all occupied); the hull alone
+    # cost 0.2 dB later, the hull with a shell of free space (trainer.CARVE_SHELL) did not
+    # (BENCHMARKS 10d)
     alpha_carving: bool = _opt(True, "cells that a training view sees whole through fully "
                                      "transparent pixels (alpha 0) are empty from the start: "
                                      "the visual hull of RGBA data (cameras with lens "
-                                     "distortion are not used); on Lego a much better "
-                                     "first 20 s, 0.2-0.3 dB lower after two minutes")
+                                     "distortion are not used), with a shell of free "
+                                     "space kept around it: a much faster start")
     pixel_jitter: Optional[bool] = _opt(
         None, "rays through a random point of their pixel instead of its centre (default: on "
               "for photos without alpha, off for masked/synthetic data)")
