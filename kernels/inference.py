@@ -128,9 +128,9 @@ class NerfModel:
         """Wait for the launched kernels, then drop the temporaries of the last call."""
         self._tmp.release()
 
-    def field(self, pos, dirs, coherent: bool = False) -> Tuple[object, object]:
+    def field(self, pos, dirs) -> Tuple[object, object]:
         """Model-space positions, unit dirs (M,3) ndarrays -> sigma (M,), rgb (M,3) ndarrays."""
-        sigma, h = self.density(pos, coherent)
+        sigma, h = self.density(pos)
         return sigma, self.colour(h, dirs)
 
     def density(self, pos, coherent: bool = False) -> Tuple[object, object]:

@@ -200,8 +200,6 @@ class OccupancyGrid(torch.nn.Module):
         self.repack()
 
 
-
-
 def keep_shell(previous: torch.Tensor, density: torch.Tensor, resolution: int,
                shell: int) -> None:
     """Undo, in place, the carving (previous (n_cells,) -> density (n_cells,)) of every cell
